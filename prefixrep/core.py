@@ -62,6 +62,11 @@ class Profile:
     finetune_steps: int | None = None
     finetune_lr: float = 1e-5
     finetune_wd: float = 1e-5
+    # Table 3 (removal) and Figure 2 (sequential addition): target rows may be fewer than Table 2's
+    update_train_rows: int | None = None  # target train cap for these experiments (None = target_train_rows)
+    update_eval_rows: int | None = None   # dev/test cap for these experiments (None = eval_rows)
+    sequential_budgets: tuple = (2000, 10000)  # training steps per round (Figure 2 panels)
+    sequential_orders: tuple = (0, 1, 2, 3, 4, 5, 6, 7)  # which of Appendix B.1's 8 orders to run
     eval_batch: int = 64
     checkpoint_every: int = 200         # optimiser steps between resumable checkpoints
     notes: str = ""
@@ -77,6 +82,7 @@ PROFILES: dict[str, Profile] = {
         source_train_rows=48, target_train_rows=32, eval_rows=24,
         prefix_steps=4, prefix_batch=8, head_epochs=2, head_batch=16,
         multitask_steps=6, multitask_batch=8, finetune_steps=3, finetune_batch=8,
+        update_train_rows=16, update_eval_rows=16, sequential_budgets=(2, 4), sequential_orders=(0, 1, 2),
         eval_batch=32, checkpoint_every=2,
         notes="tiny random-initialised BERT, a few dozen rows per task: exercises the code path, the numbers mean nothing"),
     "small": Profile(
@@ -86,6 +92,7 @@ PROFILES: dict[str, Profile] = {
         prefix_steps=800, prefix_lr=5e-3,
         head_epochs=40, multitask_steps=2400, multitask_lr=2e-5,
         finetune_steps=200, finetune_lr=3e-5,
+        update_train_rows=400, update_eval_rows=300, sequential_budgets=(100, 400), sequential_orders=(0, 1, 2),
         notes="MiniLM-L6 on the offline mirror, subsampled; ReCoRD is absent; Yelp-2 is stood in by Amazon reviews"),
     "paper": Profile(
         name="paper", backbone="roberta-large", max_length=256,

@@ -20,9 +20,9 @@ from .target import score_target
 from .training import finetune_target, train_multitask, train_source_prefix
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'project_root', 'check_params', 'example_texts', 'decontaminate',
-           'load_run_data', 'encode_all', 'chance_accuracy', 'prepare_data', 'profile_key', 'run_transfer', 'table2',
-           'wide_table', 'write_table2', 'describe_deviations', 'claims', 'report_text']
+__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'project_root', 'check_params', 'example_texts',
+           'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'prepare_data', 'profile_key',
+           'run_transfer', 'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -101,9 +101,17 @@ def prepare_data(prof: Profile, data_dir, tok) -> tuple[dict, dict, dict]:
             {"decontamination": decon, "chance": chance})
 
 # %% ../nbs/05_transfer.ipynb #37e8fac2
+TABLE2_FIELDS = ("backbone", "max_length", "source_tasks", "target_tasks", "source_train_rows", "target_train_rows",
+                 "eval_rows", "split_seed", "prefix_length", "prefix_batch", "prefix_epochs", "prefix_steps", "prefix_lr",
+                 "prefix_wd", "head_batch", "head_epochs", "head_lr", "head_wd", "multitask_batch", "multitask_steps",
+                 "multitask_lr", "multitask_wd", "finetune_batch", "finetune_epochs", "finetune_steps", "finetune_lr",
+                 "finetune_wd")
+
 def profile_key(prof: Profile, data_dir) -> dict:
-    "What every unit of a run shares: the profile's hash and where the data came from."
-    return {"profile": prof.name, "profile_hash": config_hash(prof.to_dict()),
+    """What every unit of a Table 2 run shares: the hash of the profile fields Table 2 depends on (so editing, say,
+    Figure 2's budgets keeps Table 2's records valid) and where the data came from."""
+    d = prof.to_dict()
+    return {"profile": prof.name, "profile_hash": config_hash({k: d[k] for k in TABLE2_FIELDS}),
             "data": "mirror" if data_dir is not None else "hub"}
 
 def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
