@@ -90,7 +90,7 @@ PROFILES: dict[str, Profile] = {
         source_tasks=("mnli", "qnli", "qqp", "sst2", "yelp2", "winogrande"),
         source_train_rows=8000, target_train_rows=1000, eval_rows=600,
         prefix_steps=800, prefix_lr=5e-3,
-        head_epochs=40, multitask_steps=2400, multitask_lr=2e-5,
+        multitask_steps=2400, multitask_lr=2e-5,
         finetune_steps=200, finetune_lr=3e-5,
         update_train_rows=400, update_eval_rows=300, sequential_budgets=(100, 400), sequential_orders=(0, 1, 2),
         notes="MiniLM-L6 on the offline mirror, subsampled; ReCoRD is absent; Yelp-2 is stood in by Amazon reviews"),

@@ -23,8 +23,8 @@ from .data import Encoded, Task, bucket_batches, get_task
 from .training import MLPHead, encoder_states, group_logits, head_outputs
 
 # %% auto #0
-__all__ = ['Features', 'tensor_hash', 'representation_id', 'extract_features', 'cached_features', 'TargetHead', 'head_accuracy',
-           'train_target_head', 'score_target']
+__all__ = ['Features', 'tensor_hash', 'representation_id', 'extract_features', 'cached_features', 'CLSAttention', 'TargetHead',
+           'head_accuracy', 'train_target_head', 'score_target']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -95,18 +95,35 @@ def cached_features(encoder, task: str, split: str, data: Sequence[Encoded], sto
     return f
 
 # %% ../nbs/04_target.ipynb #79f22264
+class CLSAttention(nn.Module):
+    "Multi-head attention from the CLS position (query) over all token states (keys/values), re-associated."
+    def __init__(self, hidden: int, n_heads: int = 8, dropout: float = 0.1):
+        super().__init__()
+        assert hidden % n_heads == 0, f"hidden size {hidden} is not a multiple of {n_heads} heads"
+        self.h, self.d = n_heads, hidden // n_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden) for _ in range(4))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        "states [V, T, H], mask [V, T] (True = real token) -> attention output at CLS [V, H]."
+        V, T, H = states.shape
+        q = self.q(states[:, 0]).view(V, self.h, self.d) / math.sqrt(self.d)
+        u = torch.einsum("vnd,hnd->vnh", q, self.k.weight.view(self.h, self.d, H).permute(2, 0, 1))  # W^K_h q_h
+        scores = torch.einsum("vth,vnh->vnt", states, u).masked_fill(~mask[:, None, :], float("-inf"))
+        a = self.drop(scores.softmax(-1))
+        m = torch.einsum("vnt,vth->vnh", a, states)                                                   # sum_t a_t s_t
+        ctx = torch.einsum("vnh,ndh->vnd", m, self.v.weight.view(self.h, self.d, H)) + self.v.bias.view(self.h, self.d)
+        return self.o(ctx.reshape(V, H))
+
 class TargetHead(nn.Module):
     "One attention layer over fixed token states + a one-layer MLP on the CLS position."
     def __init__(self, hidden: int, n_out: int, n_heads: int = 8, dropout: float = 0.1):
         super().__init__()
-        n_heads = math.gcd(hidden, n_heads)
-        self.attn = nn.MultiheadAttention(hidden, n_heads, dropout=dropout, batch_first=True)
+        self.attn = CLSAttention(hidden, math.gcd(hidden, n_heads), dropout)
         self.norm, self.mlp = nn.LayerNorm(hidden), MLPHead(hidden, n_out, dropout)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        cls = states[:, :1]
-        a, _ = self.attn(cls, states, states, key_padding_mask=~mask, need_weights=False)
-        return self.mlp(self.norm(cls + a)[:, 0])
+        return self.mlp(self.norm(states[:, 0] + self.attn(states, mask)))
 
 # %% ../nbs/04_target.ipynb #e27a06eb
 @torch.no_grad()
