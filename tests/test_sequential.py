@@ -1,0 +1,63 @@
+"""Figure 2 (sequentially adding source tasks) on the smoke profile: task orders, papermill run, outputs, resume."""
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from prefixrep.core import get_profile
+from prefixrep.sequential import PAPER_ORDERS, schedule, task_orders
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
+
+
+def test_orders_are_restricted_to_the_profiles_sources():
+    small = get_profile("small")  # no ReCoRD
+    orders = task_orders(small.source_tasks)
+    assert len(orders) == 8 and all(sorted(o) == sorted(small.source_tasks) for o in orders)
+    assert orders[0] == ("mnli", "qqp", "qnli", "sst2", "winogrande", "yelp2")  # ReCoRD dropped, relative order kept
+    assert orders[3] == ("yelp2", "winogrande", "qqp", "mnli", "sst2", "qnli")
+    assert task_orders(get_profile("paper").source_tasks) == list(PAPER_ORDERS)
+    assert task_orders(("sst2", "mnli"), [6]) == [("sst2", "mnli")]
+    with pytest.raises(ValueError, match="no order"): task_orders(("mnli", "rte"))
+    with pytest.raises(ValueError, match="order indices"): task_orders(("mnli",), [8])
+    s = schedule(small)
+    assert len(s) == len(small.sequential_orders) * 6 and s.groupby("order")["round"].max().eq(6).all()
+    assert s[s["round"] == 6].tasks.nunique() == 1  # every order ends with all sources
+
+
+def test_papermill_smoke_writes_figure2_into_a_temp_dir(tmp_path, data_dir):
+    import papermill as pm
+    committed = _digest(ROOT / "reports")
+    params = dict(seed=0, profile="smoke", data_dir=str(data_dir), results_dir=str(tmp_path / "res"),
+                  cache_dir=str(tmp_path / "cache"), reports_dir=str(tmp_path / "rep"))
+    pm.execute_notebook(str(ROOT / "nbs" / "07_sequential.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT / "nbs"),
+                        progress_bar=False, parameters=params)
+    rep = tmp_path / "rep"
+    f = pd.read_csv(rep / "figure2.csv")
+    assert {"method", "steps_per_round", "order", "round", "avg_score", "seed", "profile", "backbone"} <= set(f.columns)
+    assert set(f.method) == {"prefix", "multitask"} and set(f.steps_per_round) == {2, 4}
+    assert set(f.order) == {0, 1, 2} and set(f["round"]) == {0, 1, 2, 3}
+    assert f.groupby(["method", "steps_per_round", "order", "round"]).size().eq(1).all()
+    assert f.avg_score.between(0, 100).all() and (f.profile == "smoke").all()
+    assert (rep / "figure2.png").stat().st_size > 0 and (rep / "figure2.pdf").stat().st_size > 0
+    md = (rep / "figure2.md").read_text()
+    assert "Measured update cost" in md and "Deviations from the paper" in md
+    assert "record" in md.split("**Deviations from the paper**")[1] and "dropped from every order" in md
+    # multi-task weights and scratch representations do not pile up in the cache
+    assert not list((tmp_path / "cache").rglob("*.pt"))
+    # a second run finds every round in the ledger: nothing is retrained, the ledger is unchanged
+    before = _digest(tmp_path / "res")
+    from prefixrep.sequential import run_sequential
+    recs = run_sequential(0, "smoke", data_dir, tmp_path / "res", tmp_path / "cache", rep, progress=False)
+    assert len(recs) == 1 + 2 * 2 * 3 and _digest(tmp_path / "res") == before
+    assert committed == _digest(ROOT / "reports"), "CI must not write to reports/"
+    # (results/ may change under a background run of the project; none of its records may come from this smoke run)
+    tiny = [p for p in (ROOT / "results" / "ledger").glob("*.json") if json.loads(p.read_text()).get("backbone") == "tiny-bert"]
+    assert not tiny, "CI must not write to results/"
