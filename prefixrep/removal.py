@@ -20,13 +20,13 @@ from .data import get_task
 from .prefix import PrefixEncoder, load_backbone
 from .target import score_target
 from .training import train_multitask, train_source_prefix
-from .transfer import (PAPER_TABLE2, chance_accuracy, check_params, decontaminate, describe_deviations,
-                                encode_all, load_run_data, profile_key)
+from .transfer import (PAPER_TABLE2, check_params, describe_deviations, prepare_data, profile_key,
+                                update_profile)
 
 # %% auto #0
-__all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'removal_sets', 'removed_label', 'update_profile', 'prepare_update_data',
-           'check_removal_params', 'score_targets', 'run_removal', 'removal_records', 'select_subsets', 'aggregate',
-           'table3', 'removal_effects', 'wide3', 'claims3', 'report_text3', 'effects_table', 'write_table3']
+__all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'removal_sets', 'removed_label', 'check_removal_params', 'score_targets',
+           'run_removal', 'removal_records', 'select_subsets', 'aggregate', 'table3', 'removal_effects', 'wide3',
+           'claims3', 'report_text3', 'effects_table', 'write_table3']
 
 # %% ../nbs/06_removal.ipynb #185fbdba
 PAPER_TABLE3 = {  # Huang et al. 2023, Table 3 (RoBERTa-large; "best results from all combinations of removal")
@@ -53,24 +53,7 @@ def removed_label(removed: Sequence[str]) -> str:
     "How a removed set is written in the tables: `sst2+qqp`, or `none`."
     return "+".join(removed) or "none"
 
-# %% ../nbs/06_removal.ipynb #51bbe0c5
-def update_profile(prof: Profile) -> Profile:
-    "`prof` with the target caps of the update experiments (Table 3, Figure 2) in place of Table 2's."
-    return replace(prof, target_train_rows=prof.update_train_rows or prof.target_train_rows,
-                   eval_rows=prof.update_eval_rows or prof.eval_rows)
-
-def prepare_update_data(prof: Profile, data_dir, tok) -> tuple[dict, dict, dict]:
-    """Encoded target splits at the update caps (decontaminated) and source splits at Table 2's caps; plus the
-    checks to show ({'decontamination', 'chance', 'n_test'})."""
-    up = update_profile(prof)
-    raw_t = load_run_data(up, data_dir, prof.target_tasks, up.target_train_rows)
-    raw_s = load_run_data(prof, data_dir, prof.source_tasks, prof.source_train_rows)
-    decon = decontaminate(raw_t, raw_s)
-    checks = {"decontamination": decon, "chance": {t: chance_accuracy(sp["test"]) for t, sp in raw_t.items()},
-              "n_test": {t: len(sp["test"]) for t, sp in raw_t.items()}}
-    return encode_all(raw_t, tok, prof.max_length), encode_all(raw_s, tok, prof.max_length), checks
-
-# %% ../nbs/06_removal.ipynb #82f35a1e
+# %% ../nbs/06_removal.ipynb #eb0cfe49
 def check_removal_params(max_removed, keep_features) -> None:
     "Validate the two parameters Table 3 adds to Table 2's."
     if isinstance(max_removed, bool) or not isinstance(max_removed, (int, np.integer)) or max_removed < 0:
@@ -101,7 +84,7 @@ def run_removal(seed: int = 0, profile: str | Profile = "small", data_dir=None, 
     key = profile_key(up, data_dir)
     model, tok = load_backbone(prof.backbone)
     pad = tok.pad_token_id
-    targets, srcs, checks = prepare_update_data(prof, data_dir, tok)
+    targets, srcs, checks = prepare_data(prof, data_dir, tok, update_profile(prof))
     kw = dict(keep_features=keep_features, progress=False)  # one progress bar over the subsets, not one per head
     enc = PrefixEncoder(model.to(dev), prof.prefix_length)
     for s in sources: train_source_prefix(enc, s, srcs[s], prof, seed, store, pad, progress=progress)  # Table 2's units
@@ -116,7 +99,7 @@ def run_removal(seed: int = 0, profile: str | Profile = "small", data_dir=None, 
     out.attrs.update(checks)
     return out
 
-# %% ../nbs/06_removal.ipynb #121de3d5
+# %% ../nbs/06_removal.ipynb #74e9bbe7
 def removal_records(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
     """This profile's Table 3 records (methods `removal` and `multitask`, scored on the update rows), with accuracy
     in points and the removed sources as a tuple (`removed`, empty for the multi-task row) and a count (`n_removed`)."""
@@ -147,7 +130,7 @@ def select_subsets(rem: pd.DataFrame, sources: Sequence[str], max_removed: int, 
         chosen.append(g[g.removed == best])
     return pd.concat(chosen, ignore_index=True) if chosen else rem.iloc[:0]
 
-# %% ../nbs/06_removal.ipynb #791b9679
+# %% ../nbs/06_removal.ipynb #7e69abf3
 def aggregate(per_seed: pd.DataFrame, targets: Sequence[str]) -> list[dict]:
     "Mean/std over seeds per target, plus `Avg` over seeds that have every target; `per_seed`: task, seed, dev, score, removed."
     rows = [dict(task=t, mean=g.score.mean(), std=g.score.std(ddof=0), n_seeds=g.seed.nunique(), dev=g.dev.mean(),
@@ -202,7 +185,7 @@ def wide3(long: pd.DataFrame, value: str = "cell") -> pd.DataFrame:
     cols = [c for c in list(TARGET_TASKS) + ["Avg"] if c in w.columns]
     return w.loc[[r for r in ROWS if r in w.index], cols].rename(index=ROW_NAMES)
 
-# %% ../nbs/06_removal.ipynb #a2f692e2
+# %% ../nbs/06_removal.ipynb #90349776
 def _gain(m: pd.Series, row: tuple, base: tuple = ("prefix", "none")) -> float | None:
     return m[(*row, "Avg")] - m[(*base, "Avg")] if (*row, "Avg") in m.index and (*base, "Avg") in m.index else None
 

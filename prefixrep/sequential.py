@@ -20,12 +20,13 @@ from .data import get_task
 from .prefix import PrefixEncoder, load_backbone
 from .target import score_target
 from .training import MLPHead, head_outputs, multitask_unit, train_multitask, train_source_prefix
-from .transfer import METHOD_NAMES, check_params, describe_deviations, prepare_data, profile_key
+from .transfer import (METHOD_NAMES, check_params, describe_deviations, prepare_data, profile_key,
+                                update_profile)
 
 # %% auto #0
-__all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'task_orders', 'schedule', 'update_profile', 'round_unit', 'train_multitask_or_retrain',
-           'SequentialRun', 'run_sequential', 'figure2_frame', 'plot_figure2', 'figure2_claims', 'parameter_counts',
-           'update_cost', 'figure2_report', 'write_figure2']
+__all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'task_orders', 'schedule', 'round_unit', 'train_multitask_or_retrain', 'SequentialRun',
+           'run_sequential', 'figure2_frame', 'plot_figure2', 'figure2_claims', 'parameter_counts', 'update_cost',
+           'figure2_report', 'write_figure2']
 
 # %% ../nbs/07_sequential.ipynb #47380d5b
 PAPER_ORDERS: tuple[tuple[str, ...], ...] = (  # Huang et al. 2023, Appendix B.1, in the paper's order
@@ -58,13 +59,7 @@ def schedule(prof: Profile) -> pd.DataFrame:
             rows.append(dict(order=int(i), round=r, added=seq[r - 1], tasks=tuple(sorted(seq[:r])), sequence=" → ".join(seq)))
     return pd.DataFrame(rows)
 
-# %% ../nbs/07_sequential.ipynb #3ab018a6
-def update_profile(prof: Profile) -> Profile:
-    "`prof` with the target row caps of the update experiments (`update_train_rows`, `update_eval_rows`)."
-    return replace(prof, target_train_rows=prof.target_train_rows if prof.update_train_rows is None else prof.update_train_rows,
-                   eval_rows=prof.eval_rows if prof.update_eval_rows is None else prof.update_eval_rows)
-
-# %% ../nbs/07_sequential.ipynb #3e02cdda
+# %% ../nbs/07_sequential.ipynb #b795ec9e
 SEQ_METHODS = ("prefix", "multitask")
 
 def round_unit(method: str, tasks: Sequence[str], steps: int, seed: int, key: dict) -> dict:
@@ -143,7 +138,7 @@ class SequentialRun:
             self.store.cache_path("multitask", config_hash(multitask_unit(prof, tasks, self.seed, steps)), ".pt").unlink(missing_ok=True)
         return rec
 
-# %% ../nbs/07_sequential.ipynb #f3e47036
+# %% ../nbs/07_sequential.ipynb #8370485c
 def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
                    reports_dir=None, backbone=None, device="auto", methods: Sequence[str] = SEQ_METHODS,
                    progress: bool = True) -> pd.DataFrame:
@@ -156,7 +151,7 @@ def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=Non
         raise ValueError(f"sequential_budgets must be positive step counts, got {base.sequential_budgets}")
     prof, sched = update_profile(base), schedule(base)
     model, tok = load_backbone(prof.backbone)
-    targets, sources, checks = prepare_data(prof, p["data_dir"], tok)
+    targets, sources, checks = prepare_data(base, p["data_dir"], tok, prof)
     run = SequentialRun(prof, p["seed"], Store(p["results_dir"], p["cache_dir"]), profile_key(prof, p["data_dir"]),
                         targets, sources, PrefixEncoder(model.to(p["device"]), prof.prefix_length), tok.pad_token_id, progress)
     records = [run.frozen()]
@@ -168,7 +163,7 @@ def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=Non
     out.attrs.update(checks)
     return out
 
-# %% ../nbs/07_sequential.ipynb #3e548377
+# %% ../nbs/07_sequential.ipynb #af2e2416
 def figure2_frame(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
     """Long frame (method, steps_per_round, order, round, added, tasks, avg_score, per-target scores, seed, profile,
     backbone) of every recorded round of `prof` (its update caps applied), all seeds; scores in %."""
@@ -214,7 +209,7 @@ def plot_figure2(frame: pd.DataFrame, path: str | Path | None = None):
         for ext in (".png", ".pdf"): g.figure.savefig(path.with_suffix(ext), dpi=200, bbox_inches="tight")
     return g.figure
 
-# %% ../nbs/07_sequential.ipynb #d0cae5a8
+# %% ../nbs/07_sequential.ipynb #6250ead0
 def figure2_claims(frame: pd.DataFrame) -> list[str]:
     "The paper's two Figure 2 observations, each checked against our rounds (1..M, mean over orders and seeds)."
     f = frame[frame["round"] > 0]
@@ -239,7 +234,7 @@ def figure2_claims(frame: pd.DataFrame) -> list[str]:
                    + ("" if ok else f" (criterion: prefix loses < 1 point and multi-tasking loses more)") + ".")
     return out
 
-# %% ../nbs/07_sequential.ipynb #db8e7724
+# %% ../nbs/07_sequential.ipynb #585ba93f
 def _match(df: pd.DataFrame, **eq) -> pd.Series:
     "Rows of `df` whose columns equal the given values (None matches a missing value)."
     m = pd.Series(True, index=df.index)
@@ -287,7 +282,7 @@ def update_cost(ledger: pd.DataFrame, prof: Profile, counts: dict, data_dir=None
                              target_refit_seconds=refit))
     return pd.DataFrame(rows)
 
-# %% ../nbs/07_sequential.ipynb #98828050
+# %% ../nbs/07_sequential.ipynb #d7e9071d
 def figure2_report(frame: pd.DataFrame, cost: pd.DataFrame, prof: Profile, data_dir, counts: dict) -> str:
     "The prose of the Figure 2 report: claims, measured update cost, orders run, deviations; all computed."
     seeds = sorted(int(s) for s in frame.seed.unique()) if len(frame) else []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -21,8 +22,9 @@ from .training import finetune_target, train_multitask, train_source_prefix
 
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'project_root', 'check_params', 'example_texts',
-           'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'prepare_data', 'profile_key',
-           'run_transfer', 'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims', 'report_text']
+           'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile', 'prepare_data',
+           'profile_key', 'run_transfer', 'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims',
+           'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -90,15 +92,23 @@ def chance_accuracy(examples) -> float:
     if len(examples[0].views) > 1: return float(np.mean([1 / len(e.views) for e in examples]))
     return float(pd.Series([e.label for e in examples]).value_counts(normalize=True).iloc[0])
 
-def prepare_data(prof: Profile, data_dir, tok) -> tuple[dict, dict, dict]:
+def update_profile(prof: Profile) -> Profile:
+    "`prof` with the target row caps of the update experiments (Table 3, Figure 2); None keeps Table 2's caps."
+    return replace(prof, target_train_rows=prof.target_train_rows if prof.update_train_rows is None else prof.update_train_rows,
+                   eval_rows=prof.eval_rows if prof.update_eval_rows is None else prof.update_eval_rows)
+
+def prepare_data(prof: Profile, data_dir, tok, target_profile: Profile | None = None) -> tuple[dict, dict, dict]:
     """Encoded target and source splits for a run, after decontamination; plus the checks to show
-    ({'decontamination': DataFrame, 'chance': {task: majority/uniform test accuracy}})."""
-    raw_t = load_run_data(prof, data_dir, prof.target_tasks, prof.target_train_rows)
+    ({'decontamination': DataFrame, 'chance': {task: majority/uniform test accuracy}, 'n_test': {task: rows}}).
+    Targets take the caps of `target_profile` (e.g. `update_profile(prof)`); sources always keep `prof`'s, so a
+    prefix trained by any experiment is the very unit Table 2 finds."""
+    tp = target_profile or prof
+    raw_t = load_run_data(tp, data_dir, prof.target_tasks, tp.target_train_rows)
     raw_s = load_run_data(prof, data_dir, prof.source_tasks, prof.source_train_rows)
     decon = decontaminate(raw_t, raw_s)
-    chance = {t: chance_accuracy(sp["test"]) for t, sp in raw_t.items()}
-    return (encode_all(raw_t, tok, prof.max_length), encode_all(raw_s, tok, prof.max_length),
-            {"decontamination": decon, "chance": chance})
+    checks = {"decontamination": decon, "chance": {t: chance_accuracy(sp["test"]) for t, sp in raw_t.items()},
+              "n_test": {t: len(sp["test"]) for t, sp in raw_t.items()}}
+    return encode_all(raw_t, tok, prof.max_length), encode_all(raw_s, tok, prof.max_length), checks
 
 # %% ../nbs/05_transfer.ipynb #37e8fac2
 TABLE2_FIELDS = ("backbone", "max_length", "source_tasks", "target_tasks", "source_train_rows", "target_train_rows",
