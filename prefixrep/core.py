@@ -20,7 +20,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'PROFILES', 'Profile', 'get_profile', 'seed_everything', 'get_device', 'config_hash',
-           'atomic_write', 'write_json', 'torch_save', 'default_results_dir', 'default_cache_dir', 'Store', 'Ledger']
+           'atomic_write', 'write_json', 'torch_save', 'default_results_dir', 'default_cache_dir', 'Store', 'Ledger',
+           'provenance', 'data_hash', 'task_seed']
 
 # %% ../nbs/00_core.ipynb #326b1350
 SOURCE_TASKS = ("mnli", "qnli", "qqp", "sst2", "yelp2", "record", "winogrande")
@@ -201,9 +202,28 @@ class Ledger:
         return pd.DataFrame(self.records())
 
     def run(self, cfg: dict, work: Callable[[], dict]) -> dict:
-        "Return the record of unit `cfg` if it finished earlier; else time `work()`, record its result and return it."
+        """Return the record of unit `cfg` if it finished earlier; else time `work()`, record its result (with where
+        and by which code it ran) and return it. `work` may report its own `seconds` (e.g. summed over resumes)."""
         key = config_hash(cfg)
         if (rec := self.get(key)) is not None: return rec
         t0 = time.time()
         out = work()
-        return self.add(key, {**cfg, **out, "seconds": round(time.time() - t0, 2)})
+        return self.add(key, {**cfg, "seconds": round(time.time() - t0, 2), **out, **provenance()})
+
+def provenance() -> dict:
+    "Where a unit ran: host, device, torch version and the git commit of the code (outside the unit's key)."
+    import platform, subprocess
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent if "__file__" in globals() else None).stdout.strip()
+    except Exception: commit = ""
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads"
+    return {"host": platform.node(), "device": dev, "torch": torch.__version__, "git_commit": commit or None}
+
+def data_hash(examples) -> str:
+    "Content hash of encoded examples (token ids and labels): part of every unit's key, so changed data is new work."
+    return config_hash([[e.input_ids, e.label, list(e.gold)] for e in examples])
+
+def task_seed(seed: int, name: str) -> int:
+    "A per-(seed, task) seed, so that different tasks' prefixes and heads do not start from the same draw."
+    return seed * 1_000_003 + int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)

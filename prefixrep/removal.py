@@ -20,8 +20,8 @@ from .data import get_task
 from .prefix import PrefixEncoder, load_backbone
 from .target import score_target
 from .training import train_multitask, train_source_prefix
-from .transfer import (PAPER_TABLE2, check_params, describe_deviations, prepare_data, profile_key,
-                                update_profile)
+from .transfer import (PAPER_TABLE2, check_params, describe_deviations, multitask_encoder, prepare_data,
+                                profile_key, update_profile)
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'removal_sets', 'removed_label', 'check_removal_params', 'score_targets',
@@ -61,13 +61,14 @@ def check_removal_params(max_removed, keep_features) -> None:
     if not isinstance(keep_features, bool): raise TypeError(f"keep_features must be True or False, got {keep_features!r}")
 
 def score_targets(encoder, method: str, targets: dict, prof: Profile, seed: int, store: Store, pad_id: int,
-                  data_key: dict, extra: dict | None = None, keep_features: bool = True, progress: bool = True) -> list[dict]:
+                  data_key: dict, extra: dict | None = None, keep_features: bool = True, progress: bool = True,
+                  representation: str | None = None) -> list[dict]:
     """Score `encoder`'s current representations on every target (one ledger unit each). With `keep_features=False`
     the feature files this call created are deleted afterwards (files that were there before are kept)."""
     feats = store.cache_dir / "features"
     before = set(feats.glob("*.pt")) if not keep_features else set()
-    recs = [score_target(encoder, method, t, targets[t], prof, seed, store, pad_id, data_key, extra, progress=progress)
-            for t in prof.target_tasks]
+    recs = [score_target(encoder, method, t, targets[t], prof, seed, store, pad_id, data_key, extra, progress=progress,
+                         representation=representation) for t in prof.target_tasks]
     if not keep_features:
         for f in set(feats.glob("*.pt")) - before: f.unlink(missing_ok=True)
     return recs
@@ -92,9 +93,8 @@ def run_removal(seed: int = 0, profile: str | Profile = "small", data_dir=None, 
     for removed in tqdm(sets, desc=f"removal subsets s{seed}", disable=not progress):
         enc.set_active([s for s in sources if s not in removed])
         records += score_targets(enc, "removal", targets, up, seed, store, pad, key, {"removed": list(removed)}, **kw)
-    mt = PrefixEncoder(load_backbone(prof.backbone)[0].to(dev), prof.prefix_length)
-    train_multitask(mt, srcs, prof, seed, store, pad, progress=progress)  # Table 2's unit
-    records += score_targets(mt, "multitask", targets, up, seed, store, pad, key, **kw)
+    build, name = multitask_encoder(prof, srcs, seed, store, pad, dev, progress=progress)  # Table 2's unit, built lazily
+    records += score_targets(build, "multitask", targets, up, seed, store, pad, key, representation=name, **kw)
     out = pd.DataFrame(records)
     out.attrs.update(checks)
     return out

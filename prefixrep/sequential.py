@@ -24,9 +24,9 @@ from .transfer import (METHOD_NAMES, check_params, describe_deviations, prepare_
                                 update_profile)
 
 # %% auto #0
-__all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'task_orders', 'schedule', 'round_unit', 'train_multitask_or_retrain', 'SequentialRun',
-           'run_sequential', 'figure2_frame', 'plot_figure2', 'figure2_claims', 'parameter_counts', 'update_cost',
-           'figure2_report', 'write_figure2']
+__all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'task_orders', 'schedule', 'round_unit', 'SequentialRun', 'run_sequential',
+           'figure2_frame', 'plot_figure2', 'figure2_claims', 'parameter_counts', 'update_cost', 'figure2_report',
+           'write_figure2']
 
 # %% ../nbs/07_sequential.ipynb #47380d5b
 PAPER_ORDERS: tuple[tuple[str, ...], ...] = (  # Huang et al. 2023, Appendix B.1, in the paper's order
@@ -66,15 +66,6 @@ def round_unit(method: str, tasks: Sequence[str], steps: int, seed: int, key: di
     "The configuration naming one round's result: method, steps per round, the set of tasks so far, seed, profile key."
     return {"method": "figure2_round", "approach": method, "tasks": sorted(tasks), "steps_per_round": int(steps),
             "seed": int(seed), **key}
-
-def train_multitask_or_retrain(encoder: PrefixEncoder, data: dict, prof: Profile, seed: int, store: Store, pad_id: int,
-                               steps: int, progress: bool = True) -> dict:
-    "`train_multitask`, except that a ledger record whose weights are gone from the cache is dropped and the model retrained."
-    key = config_hash(multitask_unit(prof, sorted(data), seed, steps))
-    if key in store.ledger and not store.cache_path("multitask", key, ".pt").exists():
-        print(f"multi-task model {key}: weights gone from the cache, retraining it")
-        store.ledger.path(key).unlink()
-    return train_multitask(encoder, data, prof, seed, store, pad_id, steps=steps, progress=progress)
 
 @dataclass
 class SequentialRun:
@@ -129,13 +120,13 @@ class SequentialRun:
         prof, box = self.prof, {}
         def train():
             box["enc"] = PrefixEncoder(load_backbone(prof.backbone)[0].to(self.encoder.device), prof.prefix_length)
-            train_multitask_or_retrain(box["enc"], {t: self.sources[t] for t in tasks}, prof, self.seed, self.store,
+            train_multitask(box["enc"], {t: self.sources[t] for t in tasks}, prof, self.seed, self.store,
                                        self.pad_id, steps, self.progress)
         rec = self.store.ledger.run(round_unit("multitask", tasks, steps, self.seed, self.key),
                                     lambda: self._timed(train, lambda: box["enc"], "figure2_multitask"))
         table2_model = steps == prof.multitask_steps and sorted(tasks) == sorted(prof.source_tasks)
         if not table2_model:  # Table 2's own multi-task model is kept: its notebook reloads it
-            self.store.cache_path("multitask", config_hash(multitask_unit(prof, tasks, self.seed, steps)), ".pt").unlink(missing_ok=True)
+            self.store.cache_path("multitask", config_hash(multitask_unit(prof, {t: self.sources[t] for t in tasks}, self.seed, steps)), ".pt").unlink(missing_ok=True)
         return rec
 
 # %% ../nbs/07_sequential.ipynb #8370485c

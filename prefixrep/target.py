@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import Profile, Store, config_hash, seed_everything, torch_save
+from .core import Profile, Store, config_hash, data_hash, seed_everything, torch_save
 from .data import Encoded, Task, bucket_batches, get_task
 from .training import MLPHead, encoder_states, group_logits, head_outputs
 
@@ -86,7 +86,7 @@ def extract_features(encoder, data: Sequence[Encoded], pad_id: int, batch_size: 
 def cached_features(encoder, task: str, split: str, data: Sequence[Encoded], store: Store, pad_id: int,
                     data_key: dict, batch_size: int = 64, progress: bool = False) -> Features:
     "Fixed representations of one split, computed once per (encoder + prefixes, task, split, data) and cached."
-    key = config_hash({"rep": representation_id(encoder), "task": task, "split": split, **data_key})
+    key = config_hash({"rep": representation_id(encoder), "task": task, "split": split, "rows": data_hash(data), **data_key})
     path = store.cache_path("features", key, ".pt")
     if path.exists():
         return Features(**torch.load(path, map_location="cpu", weights_only=False))
@@ -160,13 +160,23 @@ def train_target_head(feats: dict[str, Features], task: str, profile: Profile, s
 
 # %% ../nbs/04_target.ipynb #d334241c
 def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,
-                 store: Store, pad_id: int, data_key: dict, extra: dict | None = None, progress: bool = False) -> dict:
-    "Ledger unit: fixed representations of `task` from `encoder` (cached) + a trained target head. Returns the record."
-    cfg = {"method": method, "task": task, "seed": seed, "representation": representation_id(encoder),
-           "prefixes": sorted(encoder.active), "head_epochs": profile.head_epochs, "head_lr": profile.head_lr,
-           "head_batch": profile.head_batch, "profile": profile.name, "backbone": profile.backbone, **data_key, **(extra or {})}
+                 store: Store, pad_id: int, data_key: dict, extra: dict | None = None, progress: bool = False,
+                 representation: str | None = None) -> dict:
+    """Ledger unit: fixed representations of `task` from `encoder` (cached) + a trained target head. Returns the record.
+    The unit is named by the representation (default: the content hash of the encoder and its active prefixes) and
+    the content of the target splits. `encoder` may also be a zero-argument function that builds it, called only
+    if the unit has to run; `representation` must then name what it builds."""
+    lazy = not isinstance(encoder, nn.Module)
+    if representation is None:
+        if lazy: raise ValueError("a lazily built encoder needs an explicit `representation` name")
+        representation = representation_id(encoder)
+    cfg = {"method": method, "task": task, "seed": seed, "representation": representation,
+           "prefixes": [] if lazy else sorted(encoder.active), "head_epochs": profile.head_epochs, "head_lr": profile.head_lr,
+           "head_batch": profile.head_batch, "profile": profile.name, "backbone": profile.backbone,
+           "rows": config_hash([data_hash(splits[s]) for s in ("train", "dev", "test")]), "v": 1, **data_key, **(extra or {})}
     def work() -> dict:
-        feats = {s: cached_features(encoder, task, s, splits[s], store, pad_id, data_key, profile.eval_batch, progress)
+        enc = encoder() if lazy else encoder
+        feats = {s: cached_features(enc, task, s, splits[s], store, pad_id, data_key, profile.eval_batch, progress)
                  for s in ("train", "dev", "test")}
         return train_target_head(feats, task, profile, seed, progress)
     return store.ledger.run(cfg, work)

@@ -16,13 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import Profile, Store, config_hash, seed_everything, torch_save
+from .core import Profile, Store, config_hash, data_hash, seed_everything, task_seed, torch_save
 from .data import Encoded, Task, bucket_batches, collate, get_task
 
 # %% auto #0
-__all__ = ['MLPHead', 'head_outputs', 'group_logits', 'n_correct', 'BatchStream', 'NonFiniteLoss', 'train_steps', 'device_of',
-           'encoder_states', 'head_loss', 'evaluate_head', 'prefix_steps', 'prefix_unit', 'train_source_prefix',
-           'multitask_unit', 'train_multitask', 'finetune_steps', 'finetune_target']
+__all__ = ['UNIT_VERSION', 'MLPHead', 'head_outputs', 'group_logits', 'n_correct', 'BatchStream', 'NonFiniteLoss', 'train_steps',
+           'device_of', 'encoder_states', 'head_loss', 'evaluate_head', 'prefix_steps', 'prefix_unit',
+           'train_source_prefix', 'multitask_unit', 'train_multitask', 'finetune_steps', 'finetune_target']
 
 # %% ../nbs/03_training.ipynb #c0c945a9
 class MLPHead(nn.Module):
@@ -82,17 +82,22 @@ def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Mo
                 steps: int, lr: float, weight_decay: float, ckpt: Path | None = None, checkpoint_every: int = 200,
                 desc: str = "train", progress: bool = True) -> dict:
     """Run `steps` Adam steps of `loss_fn(step)` over `params`; checkpoint `modules` + optimiser atomically every
-    `checkpoint_every` steps to `ckpt` and resume from it. Returns {'steps', 'loss' (mean of the last 50), 'resumed_from'}."""
+    `checkpoint_every` steps to `ckpt` and resume from it (weights, optimiser, RNG state and elapsed time). Returns
+    {'steps', 'loss' (mean of the last 50), 'resumed_from', 'train_seconds' (summed over resumes)}."""
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    start = 0
+    start, before, t0 = 0, 0.0, time.time()
     if ckpt is not None and Path(ckpt).exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         for k, m in modules.items(): m.load_state_dict(state["modules"][k])
-        opt.load_state_dict(state["opt"]); start = state["step"]
+        opt.load_state_dict(state["opt"]); start, before = state["step"], state.get("seconds", 0.0)
+        torch.set_rng_state(state["rng"])  # dropout draws continue as if never interrupted
+        if torch.cuda.is_available() and state.get("cuda_rng") is not None: torch.cuda.set_rng_state_all(state["cuda_rng"])
     def save(step):
         if ckpt is not None:
-            torch_save(ckpt, {"modules": {k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(), "step": step})
+            torch_save(ckpt, {"modules": {k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
+                              "step": step, "seconds": before + time.time() - t0, "rng": torch.get_rng_state(),
+                              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
     losses = []
     for step in tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not progress, mininterval=5):
         loss = loss_fn(step)
@@ -101,7 +106,8 @@ def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Mo
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         losses.append(loss.item())
         if (step + 1) % checkpoint_every == 0 and step + 1 < steps: save(step + 1)
-    return {"steps": steps, "loss": float(np.mean(losses[-50:])) if losses else float("nan"), "resumed_from": start}
+    return {"steps": steps, "loss": float(np.mean(losses[-50:])) if losses else float("nan"), "resumed_from": start,
+            "train_seconds": round(before + time.time() - t0, 2)}
 
 # %% ../nbs/03_training.ipynb #6ef90d4d
 def device_of(module: nn.Module) -> torch.device:
@@ -138,12 +144,14 @@ def prefix_steps(profile: Profile, n_train: int) -> int:
     "Optimiser steps for one source prefix: `prefix_steps`, else `prefix_epochs` epochs."
     return profile.prefix_steps or math.ceil(profile.prefix_epochs * n_train / profile.prefix_batch)
 
-def prefix_unit(profile: Profile, task: str, seed: int, backbone_fp: str, steps: int) -> dict:
-    "The configuration that names one trained source prefix."
+UNIT_VERSION = 1  # bump when the meaning of a unit changes without its configuration changing
+
+def prefix_unit(profile: Profile, task: str, seed: int, backbone_fp: str, steps: int, train: Sequence[Encoded]) -> dict:
+    "The configuration that names one trained source prefix (the training rows enter through their content hash)."
     return {"method": "source_prefix", "task": task, "seed": seed, "backbone": profile.backbone, "backbone_fp": backbone_fp,
             "steps": steps, "length": profile.prefix_length, "batch": profile.prefix_batch, "lr": profile.prefix_lr,
             "wd": profile.prefix_wd, "max_length": profile.max_length, "train_rows": profile.source_train_rows,
-            "split_seed": profile.split_seed}
+            "split_seed": profile.split_seed, "train_data": data_hash(train), "v": UNIT_VERSION}
 
 def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,
                         store: Store, pad_id: int, steps: int | None = None, progress: bool = True) -> dict:
@@ -152,11 +160,11 @@ def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], pr
     from prefixrep.prefix import backbone_fingerprint, load_prefix, save_prefix
     t = get_task(task)
     steps = steps or prefix_steps(profile, len(splits["train"]))
-    cfg = prefix_unit(profile, task, seed, backbone_fingerprint(encoder.model), steps)
+    cfg = prefix_unit(profile, task, seed, backbone_fingerprint(encoder.model), steps, splits["train"])
     key = config_hash(cfg)
     path = store.result_path("prefixes", key, ".safetensors")
     def work() -> dict:
-        g = seed_everything(seed)
+        g = seed_everything(task_seed(seed, task))
         if task in encoder.prefixes: encoder.remove_prefix(task)
         encoder.add_prefix(task, profile.prefix_length, generator=g)
         head = MLPHead(encoder.hidden_size, head_outputs(t)).to(device_of(encoder))
@@ -189,10 +197,13 @@ class _PrefixModule(nn.Module):
         with torch.no_grad(): self._enc[0].prefixes[self._name].copy_(sd["prefix"])
 
 # %% ../nbs/03_training.ipynb #69b05bde
-def multitask_unit(profile: Profile, tasks: Sequence[str], seed: int, steps: int) -> dict:
-    return {"method": "multitask_model", "tasks": sorted(tasks), "seed": seed, "backbone": profile.backbone, "steps": steps,
+def multitask_unit(profile: Profile, data: dict, seed: int, steps: int) -> dict:
+    "The configuration that names one multi-task model (the training rows enter through their content hash)."
+    tasks = sorted(data)
+    return {"method": "multitask_model", "tasks": tasks, "seed": seed, "backbone": profile.backbone, "steps": steps,
             "batch": profile.multitask_batch, "lr": profile.multitask_lr, "wd": profile.multitask_wd,
-            "max_length": profile.max_length, "train_rows": profile.source_train_rows, "split_seed": profile.split_seed}
+            "max_length": profile.max_length, "train_rows": profile.source_train_rows, "split_seed": profile.split_seed,
+            "train_data": config_hash([data_hash(data[t]["train"]) for t in tasks]), "v": UNIT_VERSION}
 
 def train_multitask(encoder, data: dict[str, dict[str, list[Encoded]]], profile: Profile, seed: int, store: Store,
                     pad_id: int, steps: int | None = None, progress: bool = True) -> dict:
@@ -200,7 +211,7 @@ def train_multitask(encoder, data: dict[str, dict[str, list[Encoded]]], profile:
     task sampling; loads the trained weights into `encoder` (frozen again afterwards). Returns the ledger record."""
     tasks = sorted(data)
     steps = steps or profile.multitask_steps
-    cfg = multitask_unit(profile, tasks, seed, steps)
+    cfg = multitask_unit(profile, data, seed, steps)
     key = config_hash(cfg)
     weights = store.cache_path("multitask", key, ".pt")
     def work() -> dict:
@@ -224,10 +235,10 @@ def train_multitask(encoder, data: dict[str, dict[str, list[Encoded]]], profile:
         torch_save(weights, encoder.model.state_dict())
         store.cache_path("ckpt", key, ".pt").unlink(missing_ok=True)
         return {**out, "dev": dev, "weights": str(weights)}
+    if key in store.ledger and not weights.exists():  # the record is committed, the weights (cache) are not
+        print(f"multi-task model {key}: weights not in the cache ({weights}); retraining it")
+        store.ledger.path(key).unlink()
     rec = store.ledger.run(cfg, work)
-    if not weights.exists():
-        raise FileNotFoundError(f"the multi-task model {key} finished in the ledger but its weights {weights} are gone "
-                                f"(caches are not committed): delete {store.ledger.path(key)} to retrain it")
     encoder.model.load_state_dict(torch.load(weights, map_location=device_of(encoder)))
     for p in encoder.model.parameters(): p.requires_grad_(False)
     encoder.eval()

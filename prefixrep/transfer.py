@@ -5,7 +5,9 @@
 # %% ../nbs/05_transfer.ipynb #4250d016
 from __future__ import annotations
 
+import functools
 import os
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,12 +20,13 @@ from .core import Profile, Store, config_hash, get_device, get_profile
 from .data import Encoded, encode, get_task, load_task, resolve_data_dir
 from .prefix import PrefixEncoder, load_backbone
 from .target import score_target
-from .training import finetune_target, train_multitask, train_source_prefix
+from .training import finetune_target, multitask_unit, train_multitask, train_source_prefix
 
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'project_root', 'check_params', 'example_texts',
-           'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile', 'prepare_data',
-           'profile_key', 'run_transfer', 'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims',
+           'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile',
+           'prepare_data', 'multitask_encoder', 'profile_key', 'run_transfer', 'latest_per_seed', 'sample_std',
+           'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims', 'table2_compute_hours',
            'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
@@ -68,14 +71,25 @@ def example_texts(e) -> set[str]:
     "Normalised texts (lowercase, alphanumerics only) of an example's views, for overlap checks."
     return {_norm(v[0]) + "|" + _norm(v[1]) for v in e.views} | {_norm(v[0]) for v in e.views if v[1] is None}
 
-def decontaminate(targets: dict, sources: dict) -> pd.DataFrame:
-    "Drop target dev/test examples whose text occurs in any source training pool or the target's train split (in place)."
-    seen_src = set().union(*(example_texts(e) for s in sources.values() for e in s["train"])) if sources else set()
+def shingles(e, n: int = 8) -> set[str]:
+    "Every run of `n` words (lowercase alphanumerics) in any text of an example's views."
+    out = set()
+    for text in (x for v in e.views for x in v if x):
+        w = re.findall(r"[a-z0-9]+", text.lower())
+        out.update(" ".join(w[i:i + n]) for i in range(len(w) - n + 1))
+    return out
+
+def decontaminate(targets: dict, sources: dict, n: int = 8) -> pd.DataFrame:
+    """Drop (in place) target dev/test examples whose text occurs exactly in a source training pool or the target's
+    own train split, or that share a run of `n` words with a source training text. Returns the counts."""
+    src = [e for s in sources.values() for e in s["train"]]
+    exact_src = set().union(*(example_texts(e) for e in src)) if src else set()
+    grams_src = set().union(*(shingles(e, n) for e in src)) if src else set()
     rows = []
     for t, sp in targets.items():
-        seen = seen_src | set().union(*(example_texts(e) for e in sp["train"]))
+        exact = exact_src | set().union(*(example_texts(e) for e in sp["train"]))
         for split in ("dev", "test"):
-            keep = [e for e in sp[split] if not (example_texts(e) & seen)]
+            keep = [e for e in sp[split] if not (example_texts(e) & exact) and not (shingles(e, n) & grams_src)]
             rows.append(dict(task=t, split=split, before=len(sp[split]), dropped=len(sp[split]) - len(keep)))
             sp[split] = keep
     return pd.DataFrame(rows)
@@ -111,6 +125,18 @@ def prepare_data(prof: Profile, data_dir, tok, target_profile: Profile | None = 
     return encode_all(raw_t, tok, prof.max_length), encode_all(raw_s, tok, prof.max_length), checks
 
 # %% ../nbs/05_transfer.ipynb #37e8fac2
+def multitask_encoder(prof: Profile, sources: dict, seed: int, store: Store, pad_id: int, device,
+                      steps: int | None = None, progress: bool = True) -> tuple:
+    "(lazy builder of the frozen multi-task encoder, its representation name) for `score_target`."
+    name = "multitask:" + config_hash(multitask_unit(prof, sources, seed, steps or prof.multitask_steps))
+    @functools.cache
+    def build() -> PrefixEncoder:
+        enc = PrefixEncoder(load_backbone(prof.backbone)[0].to(device), prof.prefix_length)
+        train_multitask(enc, sources, prof, seed, store, pad_id, steps=steps, progress=progress)
+        return enc
+    return build, name
+
+# %% ../nbs/05_transfer.ipynb #7880fa43
 TABLE2_FIELDS = ("backbone", "max_length", "source_tasks", "target_tasks", "source_train_rows", "target_train_rows",
                  "eval_rows", "split_seed", "prefix_length", "prefix_batch", "prefix_epochs", "prefix_steps", "prefix_lr",
                  "prefix_wd", "head_batch", "head_epochs", "head_lr", "head_wd", "multitask_batch", "multitask_steps",
@@ -139,9 +165,10 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
     sources = list(prof.source_tasks)
     targets, srcs, checks = prepare_data(prof, data_dir, tok)
     records = []
-    def score_all(encoder, method):
+    def score_all(encoder, method, representation=None):
         for t in prof.target_tasks:
-            records.append(score_target(encoder, method, t, targets[t], prof, seed, store, pad, key, progress=progress))
+            records.append(score_target(encoder, method, t, targets[t], prof, seed, store, pad, key, progress=progress,
+                                        representation=representation))
     enc = PrefixEncoder(model.to(dev), prof.prefix_length)
     if "frozen" in methods: score_all(enc, "frozen")
     if "prefix" in methods:
@@ -149,9 +176,7 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
         enc.set_active(sources)
         score_all(enc, "prefix")
     if "multitask" in methods:
-        mt = PrefixEncoder(load_backbone(prof.backbone)[0].to(dev), prof.prefix_length)
-        train_multitask(mt, srcs, prof, seed, store, pad, progress=progress)
-        score_all(mt, "multitask")
+        score_all(*multitask_encoder(prof, srcs, seed, store, pad, dev, progress=progress), "multitask")
     if "finetune" in methods:
         for t in prof.target_tasks:
             cfg = {"method": "finetune", "task": t, "seed": seed, "steps": prof.finetune_steps, "lr": prof.finetune_lr,
@@ -165,19 +190,27 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
     out.attrs.update(checks)
     return out
 
-# %% ../nbs/05_transfer.ipynb #adbf4b61
+# %% ../nbs/05_transfer.ipynb #cd3b43ae
+def latest_per_seed(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    "One record per `by` group: the newest, if a unit was ever recomputed under another key (e.g. another machine)."
+    return df.sort_values("finished").groupby(list(by), as_index=False).tail(1) if not df.empty else df
+
+def sample_std(x: pd.Series) -> float:
+    "Sample standard deviation (ddof=1) over seeds; 0 for a single seed."
+    return float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
 def table2(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
     "Long-format Table 2 (method, task, mean, std, n_seeds, profile, backbone, paper) from ledger records."
     key = profile_key(prof, data_dir)
     if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame()
-    df = ledger[(ledger.profile_hash == key["profile_hash"]) & ledger.method.isin(METHODS)].copy()
-    df["score"] = 100 * df["score"]
+    df = ledger[(ledger.profile_hash == key["profile_hash"]) & (ledger.data == key["data"]) & ledger.method.isin(METHODS)]
+    df = latest_per_seed(df, ["method", "task", "seed"]).assign(score=lambda d: 100 * d.score)
     rows = []
     for (m, t), g in df.groupby(["method", "task"]):
-        rows.append(dict(method=m, task=t, mean=g.score.mean(), std=g.score.std(ddof=0), n_seeds=g.seed.nunique()))
+        rows.append(dict(method=m, task=t, mean=g.score.mean(), std=sample_std(g.score), n_seeds=g.seed.nunique()))
     per_seed = df.groupby(["method", "seed"]).agg(avg=("score", "mean"), n=("task", "nunique")).reset_index()
     for m, g in per_seed[per_seed.n == len(prof.target_tasks)].groupby("method"):
-        rows.append(dict(method=m, task="Avg", mean=g.avg.mean(), std=g.avg.std(ddof=0), n_seeds=len(g)))
+        rows.append(dict(method=m, task="Avg", mean=g.avg.mean(), std=sample_std(g.avg), n_seeds=len(g)))
     out = pd.DataFrame(rows)
     if out.empty: return out
     out["profile"], out["backbone"] = prof.name, prof.backbone
@@ -207,7 +240,7 @@ def write_table2(long: pd.DataFrame, reports_dir: str | Path, text: str = "") ->
                                             "(accuracy, mean $\\pm$ std over seeds); reproduced with prefixrep.", label="tab:table2"))
     return [reports_dir / f"table2.{x}" for x in ("csv", "md", "tex")]
 
-# %% ../nbs/05_transfer.ipynb #024847e9
+# %% ../nbs/05_transfer.ipynb #d38a4206
 def describe_deviations(prof: Profile, data_dir) -> list[str]:
     "The ways this run differs from the paper, as sentences (from the profile and the task registry)."
     out = []
@@ -226,12 +259,14 @@ def describe_deviations(prof: Profile, data_dir) -> list[str]:
             f"dev/test ≤ {prof.eval_rows} each (fixed random subsets, split seed {prof.split_seed}); "
             f"max length {prof.max_length} tokens.")
     out.append(caps)
-    out.append(f"Budgets: prefix {prof.prefix_steps or f'{prof.prefix_epochs} epochs'} steps × batch {prof.prefix_batch} "
+    out.append(f"Budgets: prefix {f'{prof.prefix_steps} steps' if prof.prefix_steps else f'{prof.prefix_epochs} epochs'} × batch {prof.prefix_batch} "
                f"(paper: 40 epochs), lr {prof.prefix_lr}; multi-task {prof.multitask_steps} steps × batch "
                f"{prof.multitask_batch} (paper: 400,000), lr {prof.multitask_lr}; target heads {prof.head_epochs} epochs "
                f"(paper: 80), best epoch chosen on the internal dev split; fine-tuning upper bound "
-               f"{prof.finetune_steps or f'{prof.finetune_epochs} epochs'} steps, lr {prof.finetune_lr} (not given in the paper).")
-    out.append("Target dev/test rows whose text occurs in a training pool of the run were dropped before scoring.")
+               f"{f'{prof.finetune_steps} steps' if prof.finetune_steps else f'{prof.finetune_epochs} epochs'}, lr "
+               f"{prof.finetune_lr} (not given in the paper).")
+    out.append("Target dev/test rows whose text occurs in a training pool of the run (exactly, or an 8-word run shared "
+               "with a source training text) were dropped before scoring; the paper did not do this.")
     return out
 
 def claims(long: pd.DataFrame) -> list[str]:
@@ -257,13 +292,28 @@ def claims(long: pd.DataFrame) -> list[str]:
                        f"({m[x, 'Avg']:.2f} vs {m['frozen', 'Avg']:.2f}): {'reproduced' if ok else 'NOT reproduced'}.")
     return out
 
+def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple[float, list[int]]:
+    """Recorded compute of Table 2's units only: its target units, plus the source prefixes and the multi-task model
+    at Table 2's budgets for the seeds in the table (training time summed over resumes where recorded)."""
+    if ledger.empty or "profile_hash" not in ledger: return 0.0, []
+    key = profile_key(prof, data_dir)
+    mine = ledger[(ledger.profile_hash == key["profile_hash"]) & ledger.method.isin(METHODS)]
+    seeds = sorted(int(s) for s in mine.seed.dropna().unique())
+    units = ledger[ledger.seed.isin(seeds)]
+    src = units[(units.method == "source_prefix") & units.task.isin(prof.source_tasks)]
+    src = src[src.steps == prof.prefix_steps] if prof.prefix_steps else src
+    mt = units[units.method == "multitask_model"]
+    mt = mt[(mt.steps == prof.multitask_steps) & [sorted(t) == sorted(prof.source_tasks) for t in mt.tasks]] if not mt.empty else mt
+    return sum(_seconds(d) for d in (mine, src, mt)) / 3600, seeds
+
+def _seconds(d: pd.DataFrame) -> float:
+    "Recorded seconds of some units: training time summed over resumes where recorded, else the last run's."
+    if d.empty: return 0.0
+    return float((d["train_seconds"].fillna(d.seconds) if "train_seconds" in d else d.seconds).sum())
+
 def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_dir) -> str:
     "The prose of the Table 2 report: claims, deviations, seeds and wall time, all computed."
-    key = profile_key(prof, data_dir)
-    mine = ledger[ledger.get("profile_hash", pd.Series(dtype=str)) == key["profile_hash"]] if not ledger.empty else ledger
-    seeds = sorted(int(s) for s in mine.seed.dropna().unique()) if not mine.empty else []
-    units = ledger[ledger.method.isin(["source_prefix", "multitask_model"])] if not ledger.empty else ledger
-    hours = (mine.seconds.sum() + (units.seconds.sum() if not units.empty else 0)) / 3600 if not mine.empty else 0
+    hours, seeds = table2_compute_hours(ledger, prof, data_dir)
     lines = [f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds}; every number is the mean ± std over "
              f"seeds of ledger records in `results/ledger/` (config hash in each record). Total recorded compute: "
              f"{hours:.2f} h of wall time.", "", "**Claims**", ""] + [f"- {c}" for c in claims(long)] + \
