@@ -6,16 +6,17 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PREFIXREP_DATA_DIR="${PREFIXREP_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 
+state() { git status --porcelain -- "$@"; git diff -- "$@" | sha1sum; }   # catches further edits to modified files too
+
 echo "== nbdev_export leaves prefixrep/ unchanged"
-before=$(git status --porcelain -- prefixrep nbs)
+before=$(state prefixrep)
 nbdev_export
-after=$(git status --porcelain -- prefixrep nbs)
-[ "$before" = "$after" ] || { echo "prefixrep/ is out of sync with nbs/: run nbdev_export and commit" >&2; git diff --stat; exit 1; }
+[ "$before" = "$(state prefixrep)" ] || { echo "prefixrep/ is out of sync with nbs/: run nbdev_export and commit" >&2; git diff --stat; exit 1; }
 
 echo "== nbdev_clean leaves the notebooks unchanged"
+before=$(state nbs)
 nbdev_clean
-after=$(git status --porcelain -- nbs)
-[ "$before" = "$after" ] || { echo "notebooks are not clean: run nbdev_clean and commit" >&2; git diff --stat; exit 1; }
+[ "$before" = "$(state nbs)" ] || { echo "notebooks are not clean: run nbdev_clean and commit" >&2; git diff --stat; exit 1; }
 
 echo "== nbdev_test (notebook checks; '#| slow' cells skipped)"
 nbdev_test --n_workers 1 --timing
