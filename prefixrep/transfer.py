@@ -176,7 +176,8 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
         enc.set_active(sources)
         score_all(enc, "prefix")
     if "multitask" in methods:
-        score_all(*multitask_encoder(prof, srcs, seed, store, pad, dev, progress=progress), "multitask")
+        build, name = multitask_encoder(prof, srcs, seed, store, pad, dev, progress=progress)
+        score_all(build, "multitask", representation=name)
     if "finetune" in methods:
         for t in prof.target_tasks:
             cfg = {"method": "finetune", "task": t, "seed": seed, "steps": prof.finetune_steps, "lr": prof.finetune_lr,
@@ -303,7 +304,8 @@ def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple
     src = units[(units.method == "source_prefix") & units.task.isin(prof.source_tasks)]
     src = src[src.steps == prof.prefix_steps] if prof.prefix_steps else src
     mt = units[units.method == "multitask_model"]
-    mt = mt[(mt.steps == prof.multitask_steps) & [sorted(t) == sorted(prof.source_tasks) for t in mt.tasks]] if not mt.empty else mt
+    if not mt.empty:
+        mt = mt[(mt.steps == prof.multitask_steps).to_numpy() & np.array([sorted(t) == sorted(prof.source_tasks) for t in mt.tasks])]
     return sum(_seconds(d) for d in (mine, src, mt)) / 3600, seeds
 
 def _seconds(d: pd.DataFrame) -> float:
