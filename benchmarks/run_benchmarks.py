@@ -44,6 +44,16 @@ def target_mix(tok, rows: int, max_length: int = 128) -> dict:
     return {t: encode(load_task(t, eval_rows=rows)["test"], tok, max_length) for t in TARGETS}
 
 
+def prefixed_encoder(n_prefixes: int = 6):
+    "Frozen MiniLM with `n_prefixes` random length-5 prefixes active (the size of the small profile's prefix set)."
+    model, tok = load_backbone("minilm")
+    enc = PrefixEncoder(model, 5)
+    names = [f"p{i}" for i in range(n_prefixes)]
+    for n in names: enc.add_prefix(n)
+    enc.set_active(names)
+    return enc, tok
+
+
 def bench_prefix_step(repeats: int) -> tuple[dict, str]:
     "One optimiser step of prefix training: ours vs PEFT prefix tuning vs full fine-tuning (same batch)."
     from peft import PrefixTuningConfig, TaskType, get_peft_model
@@ -76,10 +86,7 @@ def bench_prefix_step(repeats: int) -> tuple[dict, str]:
 
 def bench_extraction(repeats: int, rows: int) -> dict:
     "Fixed representations of the target mix: bucketed per-batch padding (fp32, bf16 autocast) vs fixed 128 fp32."
-    model, tok = load_backbone("minilm")
-    enc = PrefixEncoder(model, 5)
-    for n in ("a", "b", "c", "d", "e", "f"): enc.add_prefix(n)
-    enc.set_active(["a", "b", "c", "d", "e", "f"])
+    enc, tok = prefixed_encoder()
     mix = target_mix(tok, rows)
     flat = [e for v in mix.values() for e in v]
     def bucketed(): extract_features(enc, flat, tok.pad_token_id, 64)
@@ -124,10 +131,7 @@ def bench_head(repeats: int) -> dict:
 
 def bench_serving(repeats: int, rows: int) -> dict:
     "Serving 8 target tasks: one prefixed frozen pass + 8 target heads vs 8 fine-tuned encoders (one pass each)."
-    model, tok = load_backbone("minilm")
-    enc = PrefixEncoder(model, 5)
-    for n in ("a", "b", "c", "d", "e", "f"): enc.add_prefix(n)
-    enc.set_active(["a", "b", "c", "d", "e", "f"])
+    enc, tok = prefixed_encoder()
     heads = [TargetHead(384, 2).eval() for _ in TARGETS]
     tuned = [(PrefixEncoder(load_backbone("minilm")[0], 5), MLPHead(384, 2).eval()) for _ in TARGETS]
     texts = [e for e in encode(load_task("mr", eval_rows=rows)["test"], tok, 128)]
