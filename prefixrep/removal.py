@@ -25,8 +25,8 @@ from .transfer import (PAPER_TABLE2, check_params, describe_deviations, multitas
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'removal_sets', 'removed_label', 'check_removal_params', 'score_targets',
-           'run_removal', 'removal_records', 'select_subsets', 'aggregate', 'table3', 'removal_effects', 'wide3',
-           'claims3', 'report_text3', 'effects_table', 'write_table3']
+           'run_removal', 'removal_records', 'complete_seeds', 'select_subsets', 'aggregate', 'table3',
+           'removal_effects', 'wide3', 'claims3', 'report_text3', 'effects_table', 'write_table3']
 
 # %% ../nbs/06_removal.ipynb #185fbdba
 PAPER_TABLE3 = {  # Huang et al. 2023, Table 3 (RoBERTa-large; "best results from all combinations of removal")
@@ -113,6 +113,15 @@ def removal_records(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.Da
     df["score"], df["dev"] = 100 * df.score, 100 * df.dev
     return df[["method", "task", "seed", "removed", "n_removed", "dev", "score"]].reset_index(drop=True)
 
+def complete_seeds(rem: pd.DataFrame, sources: Sequence[str], max_removed: int) -> pd.DataFrame:
+    """Only the (target, seed) pairs that have every candidate subset and the multi-task score: every row of
+    Table 3 then averages the same seeds, so a half-finished seed cannot make one row differ from another."""
+    cands = set(removal_sets(sources, max_removed))
+    have = rem[rem.method == "removal"].groupby(["task", "seed"]).removed.agg(lambda r: cands <= set(r))
+    mt = set(map(tuple, rem.loc[rem.method == "multitask", ["task", "seed"]].values.tolist()))
+    ok = {ts for ts, full in have.items() if full and ts in mt}
+    return rem[[(t, s) in ok for t, s in zip(rem.task, rem.seed)]].reset_index(drop=True)
+
 def select_subsets(rem: pd.DataFrame, sources: Sequence[str], max_removed: int, by: str) -> pd.DataFrame:
     """Per target, the subset removing ≤ `max_removed` of `sources` with the best seed-mean `by` ('dev' or 'score');
     ties go to fewer removals, then `removal_sets` order. Returns that subset's per-seed records."""
@@ -130,7 +139,7 @@ def select_subsets(rem: pd.DataFrame, sources: Sequence[str], max_removed: int, 
         chosen.append(g[g.removed == best])
     return pd.concat(chosen, ignore_index=True) if chosen else rem.iloc[:0]
 
-# %% ../nbs/06_removal.ipynb #7e69abf3
+# %% ../nbs/06_removal.ipynb #356454b0
 def aggregate(per_seed: pd.DataFrame, targets: Sequence[str]) -> list[dict]:
     "Mean/std over seeds per target, plus `Avg` over seeds that have every target; `per_seed`: task, seed, dev, score, removed."
     rows = [dict(task=t, mean=g.score.mean(), std=g.score.std(ddof=0), n_seeds=g.seed.nunique(), dev=g.dev.mean(),
@@ -147,6 +156,7 @@ def table3(ledger: pd.DataFrame, prof: Profile, data_dir=None, max_removed: int 
     rem = removal_records(ledger, prof, data_dir)
     if rem.empty: return pd.DataFrame()
     sources, targets = list(prof.source_tasks), list(prof.target_tasks)
+    rem = complete_seeds(rem, sources, max_removed)
     parts = {("multitask", "none"): rem[rem.method == "multitask"],
              ("prefix", "none"): rem[(rem.method == "removal") & (rem.n_removed == 0)]}
     for k in range(1, max_removed + 1):
@@ -185,7 +195,7 @@ def wide3(long: pd.DataFrame, value: str = "cell") -> pd.DataFrame:
     cols = [c for c in list(TARGET_TASKS) + ["Avg"] if c in w.columns]
     return w.loc[[r for r in ROWS if r in w.index], cols].rename(index=ROW_NAMES)
 
-# %% ../nbs/06_removal.ipynb #90349776
+# %% ../nbs/06_removal.ipynb #c7e15f59
 def _gain(m: pd.Series, row: tuple, base: tuple = ("prefix", "none")) -> float | None:
     return m[(*row, "Avg")] - m[(*base, "Avg")] if (*row, "Avg") in m.index and (*base, "Avg") in m.index else None
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import Profile, Store, config_hash, get_profile
+from .core import Profile, Store, config_hash, data_hash, get_profile
 from .data import get_task
 from .prefix import PrefixEncoder, load_backbone
 from .target import score_target
@@ -143,7 +143,10 @@ def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=Non
     prof, sched = update_profile(base), schedule(base)
     model, tok = load_backbone(prof.backbone)
     targets, sources, checks = prepare_data(base, p["data_dir"], tok, prof)
-    run = SequentialRun(prof, p["seed"], Store(p["results_dir"], p["cache_dir"]), profile_key(prof, p["data_dir"]),
+    rows = config_hash({"targets": {t: [data_hash(sp[s]) for s in ("train", "dev", "test")] for t, sp in targets.items()},
+                        "sources": {t: data_hash(sp["train"]) for t, sp in sources.items()}})
+    key = {**profile_key(prof, p["data_dir"]), "rows": rows}  # changed data is a new round, not a stale record
+    run = SequentialRun(prof, p["seed"], Store(p["results_dir"], p["cache_dir"]), key,
                         targets, sources, PrefixEncoder(model.to(p["device"]), prof.prefix_length), tok.pad_token_id, progress)
     records = [run.frozen()]
     for steps in prof.sequential_budgets:
