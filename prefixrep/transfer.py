@@ -27,7 +27,7 @@ __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'project_
            'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile',
            'prepare_data', 'multitask_encoder', 'profile_key', 'run_transfer', 'latest_per_seed', 'sample_std',
            'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims', 'table2_compute_hours',
-           'report_text']
+           'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -265,7 +265,10 @@ def describe_deviations(prof: Profile, data_dir) -> list[str]:
                f"{prof.multitask_batch} (paper: 400,000), lr {prof.multitask_lr}; target heads {prof.head_epochs} epochs "
                f"(paper: 80), best epoch chosen on the internal dev split; fine-tuning upper bound "
                f"{f'{prof.finetune_steps} steps' if prof.finetune_steps else f'{prof.finetune_epochs} epochs'}, lr "
-               f"{prof.finetune_lr} (not given in the paper).")
+               f"{prof.finetune_lr} (not given in the paper)."
+               + (" Steps and row caps were sized from step times measured on 2 CPU cores (prefix step 0.08–0.5 s, "
+                  "full fine-tuning step ~0.8 s, MiniLM, batch 16) so that one seed fits in about two hours; "
+                  "see nbs/00_core.ipynb." if prof.name == "small" else ""))
     out.append("Target dev/test rows whose text occurs in a training pool of the run (exactly, or an 8-word run shared "
                "with a source training text) were dropped before scoring; the paper did not do this.")
     return out
@@ -313,11 +316,34 @@ def _seconds(d: pd.DataFrame) -> float:
     if d.empty: return 0.0
     return float((d["train_seconds"].fillna(d.seconds) if "train_seconds" in d else d.seconds).sum())
 
-def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_dir) -> str:
-    "The prose of the Table 2 report: claims, deviations, seeds and wall time, all computed."
+def sanity_lines(long: pd.DataFrame, checks: dict) -> list[str]:
+    """The notebook's sanity checks as sentences: frozen lower bound vs chance per target, fine-tuning vs frozen,
+    and the rows the overlap filter dropped. `checks`: `prepare_data`'s checks (chance, decontamination)."""
+    m, out = long.set_index(["method", "task"])["mean"], []
+    chance = {t: 100 * c for t, c in checks.get("chance", {}).items() if ("frozen", t) in m.index}
+    if chance:
+        below = [f"{t} ({m['frozen', t]:.1f} vs {chance[t]:.1f})" for t in chance if m["frozen", t] <= chance[t]]
+        out.append(f"Frozen lower bound beats chance (majority class, or 1/choices) on {len(chance) - len(below)} of "
+                   f"{len(chance)} targets" + (f"; NOT on {', '.join(below)}: there the target head on the frozen "
+                   "encoder's states finds nothing that generalises from train to dev and test." if below else "."))
+    if ("finetune", "Avg") in m.index and ("frozen", "Avg") in m.index:
+        ok = m["finetune", "Avg"] > m["frozen", "Avg"]
+        out.append(f"Fine-tuning beats the frozen lower bound on average: {'yes' if ok else 'NO'} "
+                   f"({m['finetune', 'Avg']:.2f} vs {m['frozen', 'Avg']:.2f}).")
+    d = checks.get("decontamination")
+    if d is not None and len(d):
+        w = d.pivot(index="task", columns="split", values="dropped")
+        dropped = [f"{t} {int(r.get('dev', 0))}/{int(r.get('test', 0))}" for t, r in w.iterrows() if r.sum() > 0]
+        out.append("No target row is scored on text a model of this run was trained on; dev/test rows dropped by the "
+                   f"overlap filter: {', '.join(dropped) or 'none'}.")
+    return out
+
+def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_dir, checks: dict | None = None) -> str:
+    "The prose of the Table 2 report: claims, sanity checks (given `checks`), deviations, seeds and wall time, all computed."
     hours, seeds = table2_compute_hours(ledger, prof, data_dir)
     lines = [f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds}; every number is the mean ± std over "
              f"seeds of ledger records in `results/ledger/` (config hash in each record). Total recorded compute: "
-             f"{hours:.2f} h of wall time.", "", "**Claims**", ""] + [f"- {c}" for c in claims(long)] + \
-            ["", "**Deviations from the paper**", ""] + [f"- {d}" for d in describe_deviations(prof, data_dir)]
+             f"{hours:.2f} h of wall time.", "", "**Claims**", ""] + [f"- {c}" for c in claims(long)]
+    if checks: lines += ["", "**Sanity checks**", ""] + [f"- {c}" for c in sanity_lines(long, checks)]
+    lines += ["", "**Deviations from the paper**", ""] + [f"- {d}" for d in describe_deviations(prof, data_dir)]
     return "\n".join(lines)
