@@ -106,7 +106,7 @@ def test_order_invariant(loaded):
     with enc.activate("A", "B"): ab = enc(ids, am, tt)
     with enc.activate("B", "A"): ba = enc(ids, am, tt)
     real = am.bool()
-    assert torch.allclose(ab[real], ba[real], atol=1e-6, rtol=1e-5)
+    assert torch.allclose(ab[real], ba[real], atol=1e-5, rtol=1e-5)  # fp32 sums in another order (seen: 2.5e-6 on MiniLM, Xeon)
 
 
 # 4. pads are masked: what sits under the padding does not change the real tokens' states
