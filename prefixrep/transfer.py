@@ -294,6 +294,12 @@ def claims(long: pd.DataFrame) -> list[str]:
             ok = m[x, "Avg"] > m["frozen", "Avg"]
             out.append(f"Source-task training ({x}) improves the frozen representations on average "
                        f"({m[x, 'Avg']:.2f} vs {m['frozen', 'Avg']:.2f}): {'reproduced' if ok else 'NOT reproduced'}.")
+    above = [x for x in ("multitask", "prefix") if has("finetune", x) and m[x, "Avg"] >= m["finetune", "Avg"]]
+    if has("finetune", "multitask", "prefix"):
+        out.append(f"Fine-tuning is the upper bound (above both frozen-representation rows on average): "
+                   + ("reproduced." if not above else f"NOT reproduced at this scale: {', '.join(above)} reaches "
+                      f"{max(m[x, 'Avg'] for x in above):.2f} vs fine-tuning's {m['finetune', 'Avg']:.2f} (its budget: "
+                      "see the deviations)."))
     return out
 
 def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple[float, list[int]]:
