@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'PROFILES', 'Profile', 'get_profile', 'seed_everything', 'get_device', 'config_hash',
-           'atomic_write', 'write_json', 'torch_save', 'default_results_dir', 'default_cache_dir', 'Store', 'Ledger',
-           'provenance', 'data_hash', 'task_seed']
+__all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'PROFILES', 'Profile', 'get_profile', 'seed_everything',
+           'get_device', 'fast_bf16', 'config_hash', 'atomic_write', 'write_json', 'torch_save', 'default_results_dir',
+           'default_cache_dir', 'Store', 'Ledger', 'provenance', 'data_hash', 'task_seed']
 
 # %% ../nbs/00_core.ipynb #326b1350
 SOURCE_TASKS = ("mnli", "qnli", "qqp", "sst2", "yelp2", "record", "winogrande")
 TARGET_TASKS = ("rte", "mrpc", "cr", "mr", "mpqa", "boolq", "multirc", "cosmosqa")
+EXTRACT_DTYPES = ("float32", "bfloat16")  # how fixed representations may be computed (see `fast_bf16`)
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 @dataclass(frozen=True)
@@ -69,8 +70,13 @@ class Profile:
     sequential_budgets: tuple = (2000, 10000)  # training steps per round (Figure 2 panels)
     sequential_orders: tuple = (0, 1, 2, 3, 4, 5, 6, 7)  # which of Appendix B.1's 8 orders to run
     eval_batch: int = 64
+    extract_dtype: str = "float32"      # fixed representations computed in fp32, or under bf16 autocast ("bfloat16")
     checkpoint_every: int = 200         # optimiser steps between resumable checkpoints
     notes: str = ""
+
+    def __post_init__(self):
+        if self.extract_dtype not in EXTRACT_DTYPES:
+            raise ValueError(f"extract_dtype must be one of {EXTRACT_DTYPES}, got {self.extract_dtype!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,6 +125,15 @@ def get_device(device: str = "auto") -> torch.device:
     "`auto` picks CUDA when available, else CPU; anything else is passed to `torch.device`."
     if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+def fast_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether bf16 autocast is a fast path on `device`: a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16
+    instructions (elsewhere bf16 runs emulated, several times slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda": return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try: flags = Path("/proc/cpuinfo").read_text()
+    except OSError: return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 # %% ../nbs/00_core.ipynb #70d91bc5
 def config_hash(cfg: Any, n: int = 16) -> str:

@@ -18,9 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import Profile, Store, config_hash, data_hash, seed_everything, torch_save
+from .core import EXTRACT_DTYPES, Profile, Store, config_hash, data_hash, seed_everything, torch_save
 from .data import Encoded, Task, bucket_batches, get_task
-from .training import MLPHead, encoder_states, group_logits, head_outputs
+from .training import MLPHead, device_of, encoder_states, group_logits, head_outputs
 
 # %% auto #0
 __all__ = ['Features', 'tensor_hash', 'representation_id', 'extract_features', 'cached_features', 'CLSAttention', 'TargetHead',
@@ -67,15 +67,18 @@ def representation_id(encoder) -> str:
 
 @torch.no_grad()
 def extract_features(encoder, data: Sequence[Encoded], pad_id: int, batch_size: int = 64,
-                     progress: bool = False) -> Features:
-    "Run the frozen `encoder` (with its active prefixes) once over `data`; keep every view's real-token states."
+                     progress: bool = False, dtype: str = "float32") -> Features:
+    """Run the frozen `encoder` (with its active prefixes) once over `data`; keep every view's real-token states.
+    `dtype="bfloat16"` runs the encoder under bf16 autocast (a fast path on some CPUs: `fast_bf16`)."""
+    if dtype not in EXTRACT_DTYPES: raise ValueError(f"dtype must be one of {EXTRACT_DTYPES}, got {dtype!r}")
     encoder.eval()
+    autocast = torch.autocast(device_of(encoder).type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     per_view: list = [None] * sum(len(e.input_ids) for e in data)
     first = np.concatenate([[0], np.cumsum([len(e.input_ids) for e in data])])
     for idx in tqdm(bucket_batches([e.length for e in data], batch_size), desc="fixed representations",
                     disable=not progress, mininterval=5):
         batch = [data[i] for i in idx]
-        states, b = encoder_states(encoder, batch, pad_id)
+        with autocast: states, b = encoder_states(encoder, batch, pad_id)
         lens = b["attention_mask"].sum(1).tolist()
         views = [v for i in idx for v in range(first[i], first[i + 1])]
         for row, (v, n) in enumerate(zip(views, lens)): per_view[v] = states[row, :n].to("cpu", torch.float16)
@@ -84,13 +87,15 @@ def extract_features(encoder, data: Sequence[Encoded], pad_id: int, batch_size: 
                     [tuple(e.gold) for e in data])
 
 def cached_features(encoder, task: str, split: str, data: Sequence[Encoded], store: Store, pad_id: int,
-                    data_key: dict, batch_size: int = 64, progress: bool = False) -> Features:
-    "Fixed representations of one split, computed once per (encoder + prefixes, task, split, data) and cached."
-    key = config_hash({"rep": representation_id(encoder), "task": task, "split": split, "rows": data_hash(data), **data_key})
+                    data_key: dict, batch_size: int = 64, progress: bool = False, dtype: str = "float32") -> Features:
+    """Fixed representations of one split, computed once per (encoder + prefixes, task, split, data, dtype) and cached.
+    fp32 keys carry no dtype, so caches written before bf16 existed stay valid."""
+    key = config_hash({"rep": representation_id(encoder), "task": task, "split": split, "rows": data_hash(data), **data_key,
+                       **({} if dtype == "float32" else {"dtype": dtype})})
     path = store.cache_path("features", key, ".pt")
     if path.exists():
         return Features(**torch.load(path, map_location="cpu", weights_only=False))
-    f = extract_features(encoder, data, pad_id, batch_size, progress)
+    f = extract_features(encoder, data, pad_id, batch_size, progress, dtype)
     torch_save(path, f.state())
     return f
 
@@ -143,7 +148,7 @@ def train_target_head(feats: dict[str, Features], task: str, profile: Profile, s
     g = seed_everything(seed)
     hidden = feats["train"].tokens.shape[1]
     head = TargetHead(hidden, head_outputs(t))
-    opt = torch.optim.Adam(head.parameters(), lr=profile.head_lr, weight_decay=profile.head_wd)
+    opt = torch.optim.Adam(head.parameters(), lr=profile.head_lr, weight_decay=profile.head_wd, foreach=True)
     tr = feats["train"]
     lengths = tr.lengths[tr.first_view[:-1]].tolist()
     best = (-1.0, -1, None)
@@ -173,10 +178,12 @@ def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded
     cfg = {"method": method, "task": task, "seed": seed, "representation": representation,
            "prefixes": [] if lazy else sorted(encoder.active), "head_epochs": profile.head_epochs, "head_lr": profile.head_lr,
            "head_batch": profile.head_batch, "profile": profile.name, "backbone": profile.backbone,
-           "rows": config_hash([data_hash(splits[s]) for s in ("train", "dev", "test")]), "v": 1, **data_key, **(extra or {})}
+           "rows": config_hash([data_hash(splits[s]) for s in ("train", "dev", "test")]), "v": 1, **data_key, **(extra or {}),
+           **({} if profile.extract_dtype == "float32" else {"extract_dtype": profile.extract_dtype})}
     def work() -> dict:
         enc = encoder() if lazy else encoder
-        feats = {s: cached_features(enc, task, s, splits[s], store, pad_id, data_key, profile.eval_batch, progress)
+        feats = {s: cached_features(enc, task, s, splits[s], store, pad_id, data_key, profile.eval_batch, progress,
+                                    profile.extract_dtype)
                  for s in ("train", "dev", "test")}
         return train_target_head(feats, task, profile, seed, progress)
     return store.ledger.run(cfg, work)

@@ -23,11 +23,11 @@ from .target import score_target
 from .training import finetune_target, multitask_unit, train_multitask, train_source_prefix
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'project_root', 'check_params', 'example_texts',
-           'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile',
-           'prepare_data', 'multitask_encoder', 'profile_key', 'run_transfer', 'latest_per_seed', 'sample_std',
-           'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims', 'table2_compute_hours',
-           'sanity_lines', 'report_text']
+__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'LATER_FIELDS', 'project_root', 'check_params',
+           'example_texts', 'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy',
+           'update_profile', 'prepare_data', 'multitask_encoder', 'profile_key', 'run_transfer', 'latest_per_seed',
+           'sample_std', 'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims',
+           'table2_compute_hours', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -142,12 +142,14 @@ TABLE2_FIELDS = ("backbone", "max_length", "source_tasks", "target_tasks", "sour
                  "prefix_wd", "head_batch", "head_epochs", "head_lr", "head_wd", "multitask_batch", "multitask_steps",
                  "multitask_lr", "multitask_wd", "finetune_batch", "finetune_epochs", "finetune_steps", "finetune_lr",
                  "finetune_wd")
+LATER_FIELDS = {"extract_dtype": "float32"}  # fields added after records existed: hashed only when not at this default
 
 def profile_key(prof: Profile, data_dir) -> dict:
     """What every unit of a Table 2 run shares: the hash of the profile fields Table 2 depends on (so editing, say,
     Figure 2's budgets keeps Table 2's records valid) and where the data came from."""
     d = prof.to_dict()
-    return {"profile": prof.name, "profile_hash": config_hash({k: d[k] for k in TABLE2_FIELDS}),
+    later = {k: d[k] for k, default in LATER_FIELDS.items() if d[k] != default}  # absent at their default: old keys hold
+    return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **later}),
             "data": "mirror" if data_dir is not None else "hub"}
 
 def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,

@@ -72,3 +72,23 @@ def test_killed_run_resumes_without_losing_finished_units(tmp_path, data_dir):
     assert all(after[k] == v for k, v in before.items()), "finished units must be untouched by the rerun"
     recs = [json.loads(p.read_text()) for p in ledger.glob("*.json")]
     assert sum(r["method"] in ("finetune", "frozen", "multitask", "prefix") for r in recs) == 32
+
+
+def test_committed_table2_records_still_match_the_small_profile():
+    "Adding a profile field (e.g. `extract_dtype`) must not orphan the committed records: their hash is still small's."
+    from prefixrep.core import get_profile
+    from prefixrep.transfer import profile_key
+    hashes = {json.loads(p.read_text()).get("profile_hash") for p in (ROOT / "results" / "ledger").glob("*.json")}
+    if not hashes - {None}: pytest.skip("no committed ledger records")
+    assert profile_key(get_profile("small"), "mirror")["profile_hash"] in hashes
+
+
+def test_bf16_representations_are_their_own_units():
+    "A bf16 profile hashes differently (its records never join fp32 Table 2 rows); bad dtypes fail early."
+    from prefixrep.core import get_profile
+    from prefixrep.target import extract_features
+    from prefixrep.transfer import profile_key
+    fp32, bf16 = (profile_key(get_profile("small", extract_dtype=d), "mirror")["profile_hash"] for d in ("float32", "bfloat16"))
+    assert fp32 != bf16
+    with pytest.raises(ValueError, match="extract_dtype"): get_profile("small", extract_dtype="fp16")
+    with pytest.raises(ValueError, match="dtype"): extract_features(None, [], 0, dtype="float16")
