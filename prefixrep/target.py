@@ -24,7 +24,7 @@ from .training import MLPHead, device_of, encoder_states, group_logits, head_out
 
 # %% auto #0
 __all__ = ['Features', 'tensor_hash', 'representation_id', 'extract_features', 'cached_features', 'CLSAttention', 'TargetHead',
-           'head_accuracy', 'train_target_head', 'score_target']
+           'eval_batches', 'head_accuracy', 'train_target_head', 'score_target']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -131,12 +131,16 @@ class TargetHead(nn.Module):
         return self.mlp(self.norm(states[:, 0] + self.attn(states, mask)))
 
 # %% ../nbs/04_target.ipynb #e27a06eb
+def eval_batches(feats: Features, batch_size: int = 256) -> list[tuple]:
+    "The (idx, states, mask, n_views) batches `head_accuracy` scores, padded once (dev is scored after every epoch)."
+    return [(idx, *feats.batch(idx)) for idx in bucket_batches(feats.lengths[feats.first_view[:-1]].tolist(), batch_size)]
+
 @torch.no_grad()
-def head_accuracy(head: TargetHead, feats: Features, task: Task, batch_size: int = 256) -> float:
-    "Accuracy of a target head on cached features."
+def head_accuracy(head: TargetHead, feats: Features, task: Task, batch_size: int = 256,
+                  batches: list[tuple] | None = None) -> float:
+    "Accuracy of a target head on cached features (`batches`: from `eval_batches(feats)`, to reuse them)."
     head.eval(); right = 0
-    for idx in bucket_batches(feats.lengths[feats.first_view[:-1]].tolist(), batch_size):
-        states, mask, nv = feats.batch(idx)
+    for idx, states, mask, nv in eval_batches(feats, batch_size) if batches is None else batches:
         pred = group_logits(head(states, mask), nv, task).argmax(-1).tolist()
         right += sum(p in (feats.gold[i] or (int(feats.labels[i]),)) for p, i in zip(pred, idx))
     return right / max(len(feats), 1)
@@ -151,14 +155,14 @@ def train_target_head(feats: dict[str, Features], task: str, profile: Profile, s
     opt = torch.optim.Adam(head.parameters(), lr=profile.head_lr, weight_decay=profile.head_wd, foreach=True)
     tr = feats["train"]
     lengths = tr.lengths[tr.first_view[:-1]].tolist()
-    best = (-1.0, -1, None)
+    best, dev_batches = (-1.0, -1, None), eval_batches(feats["dev"])
     for epoch in tqdm(range(profile.head_epochs), desc=f"target head {task}", disable=not progress, mininterval=5):
         head.train()
         for idx in bucket_batches(lengths, profile.head_batch, shuffle=True, generator=g):
             states, mask, nv = tr.batch(idx)
             loss = F.cross_entropy(group_logits(head(states, mask), nv, t), tr.labels[idx])
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        dev = head_accuracy(head, feats["dev"], t)
+        dev = head_accuracy(head, feats["dev"], t, batches=dev_batches)
         if dev > best[0]: best = (dev, epoch, copy.deepcopy(head.state_dict()))
     head.load_state_dict(best[2])
     return {"dev": best[0], "best_epoch": best[1], "score": head_accuracy(head, feats["test"], t)}
