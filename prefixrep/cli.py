@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .core import PROFILES
+from .core import EXTRACT_DTYPES, PROFILES
 from .transfer import project_root
 
 # %% auto #0
@@ -61,6 +61,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     r.add_argument("--run-dir", default="runs", help="where the executed notebooks go")
     r.add_argument("--backbone", default=None)
     r.add_argument("--device", default="auto")
+    r.add_argument("--extract-dtype", default=None, choices=EXTRACT_DTYPES,
+                   help="fixed representations in fp32 (the profile's default) or under bf16 autocast")
     r.add_argument("--nbs", default=None, help="folder with the experiment notebooks (default: <checkout>/nbs)")
     return p.parse_args(argv)
 
@@ -78,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[prefixrep] ({i}/{len(plan)}) {nb.name} is missing; skipped", file=sys.stderr); continue
         params = dict(seed=seed, profile=a.profile, data_dir=absolute(a.data_dir), results_dir=absolute(a.results_dir),
                       cache_dir=absolute(a.cache_dir), reports_dir=absolute(a.reports_dir), backbone=a.backbone,
-                      device=a.device)
+                      device=a.device, extract_dtype=a.extract_dtype)
         print(f"[prefixrep] ({i}/{len(plan)})", end=" ")
         total += run_experiment(nb, run_dir / f"{exp}_seed{seed}.ipynb", params)
     print(f"[prefixrep] all done in {total / 60:.1f} min; reports in {a.reports_dir or project_root() / 'reports'}")

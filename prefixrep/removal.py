@@ -75,9 +75,9 @@ def score_targets(encoder, method: str, targets: dict, prof: Profile, seed: int,
 
 def run_removal(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
                 reports_dir=None, backbone=None, device="auto", max_removed: int = 2, keep_features: bool = True,
-                progress: bool = True) -> pd.DataFrame:
+                progress: bool = True, extract_dtype: str | None = None) -> pd.DataFrame:
     "Run (or resume) one seed of Table 3; returns this seed's ledger records. Tables are written by `write_table3`."
-    p = check_params(seed, profile, data_dir, results_dir, cache_dir, reports_dir, backbone, device)
+    p = check_params(seed, profile, data_dir, results_dir, cache_dir, reports_dir, backbone, device, extract_dtype)
     check_removal_params(max_removed, keep_features)
     prof, dev, data_dir = p["profile"], p["device"], p["data_dir"]
     up, store, sources = update_profile(prof), Store(p["results_dir"], p["cache_dir"]), list(prof.source_tasks)

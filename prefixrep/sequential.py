@@ -132,9 +132,9 @@ class SequentialRun:
 # %% ../nbs/07_sequential.ipynb #8370485c
 def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
                    reports_dir=None, backbone=None, device="auto", methods: Sequence[str] = SEQ_METHODS,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, extract_dtype: str | None = None) -> pd.DataFrame:
     "Run (or resume) one seed of Figure 2; returns this seed's round records (round 0 included)."
-    p = check_params(seed, profile, data_dir, results_dir, cache_dir, reports_dir, backbone, device)
+    p = check_params(seed, profile, data_dir, results_dir, cache_dir, reports_dir, backbone, device, extract_dtype)
     bad = set(methods) - set(SEQ_METHODS)
     if bad: raise ValueError(f"unknown method(s) {sorted(bad)}; choose from {SEQ_METHODS}")
     base = p["profile"]

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import Profile, Store, config_hash, get_device, get_profile
+from .core import EXTRACT_DTYPES, Profile, Store, config_hash, get_device, get_profile
 from .data import Encoded, encode, get_task, load_task, resolve_data_dir
 from .prefix import PrefixEncoder, load_backbone
 from .target import score_target
@@ -46,11 +46,14 @@ def project_root(start: str | Path = ".") -> Path:
     return next((p for p in [start, *start.parents] if (p / "settings.ini").exists()), start)
 
 def check_params(seed, profile, data_dir=None, results_dir=None, cache_dir=None, reports_dir=None,
-                 backbone=None, device="auto") -> dict:
+                 backbone=None, device="auto", extract_dtype=None) -> dict:
     "Validate papermill parameters and resolve defaults; fails early with a clear message."
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TypeError(f"seed must be a non-negative integer, got {seed!r} ({type(seed).__name__})")
-    prof = get_profile(profile, **({"backbone": backbone} if backbone else {}))
+    if extract_dtype is not None and extract_dtype not in EXTRACT_DTYPES:
+        raise ValueError(f"extract_dtype must be one of {EXTRACT_DTYPES} (or None: the profile's), got {extract_dtype!r}")
+    prof = get_profile(profile, **({"backbone": backbone} if backbone else {}),
+                       **({"extract_dtype": extract_dtype} if extract_dtype else {}))
     for name, v in dict(data_dir=data_dir, results_dir=results_dir, cache_dir=cache_dir, reports_dir=reports_dir).items():
         if v is not None and not isinstance(v, (str, Path)): raise TypeError(f"{name} must be a path, got {v!r}")
     root = project_root()
@@ -154,9 +157,9 @@ def profile_key(prof: Profile, data_dir) -> dict:
 
 def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
                  reports_dir=None, backbone=None, device="auto", methods: Sequence[str] = METHODS,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True, extract_dtype: str | None = None) -> pd.DataFrame:
     "Run (or resume) one seed of Table 2; returns this seed's ledger records. Tables are written by `write_table2`."
-    p = check_params(seed, profile, data_dir, results_dir, cache_dir, reports_dir, backbone, device)
+    p = check_params(seed, profile, data_dir, results_dir, cache_dir, reports_dir, backbone, device, extract_dtype)
     prof, dev, data_dir = p["profile"], p["device"], p["data_dir"]
     store = Store(p["results_dir"], p["cache_dir"])
     key = profile_key(prof, data_dir)
@@ -270,6 +273,9 @@ def describe_deviations(prof: Profile, data_dir) -> list[str]:
                f"{prof.finetune_lr} (not given in the paper)."
                + (" Steps and row caps were sized from step times measured on 2 CPU cores (MiniLM, batch 16; see "
                   "nbs/00_core.ipynb) so that one seed fits in about two hours." if prof.name == "small" else ""))
+    if prof.extract_dtype != "float32":
+        out.append(f"Fixed representations computed under {prof.extract_dtype} autocast (the paper's are fp32; "
+                   "`benchmarks/bf16_check.py` measures the score change).")
     out.append("Target dev/test rows whose text occurs in a training pool of the run (exactly, or an 8-word run shared "
                "with a source training text) were dropped before scoring; the paper did not do this.")
     return out

@@ -37,11 +37,17 @@ def test_non_finite_loss_stops_the_unit_with_a_clear_message():
     (dict(device="tpu"), ValueError, "device must be"),
     (dict(results_dir=3), TypeError, "results_dir must be a path"),
     (dict(data_dir="/nonexistent/mirror"), FileNotFoundError, "does not exist"),
+    (dict(extract_dtype="float16"), ValueError, "extract_dtype must be one of"),
 ])
 def test_bad_parameters_fail_early_with_a_clear_message(kw, err, msg):
     args = dict(seed=0, profile="smoke") | kw
     with pytest.raises(err, match=msg):
         check_params(**args)
+
+
+def test_extract_dtype_parameter_reaches_the_profile():
+    assert check_params(0, "smoke")["profile"].extract_dtype == "float32"
+    assert check_params(0, "smoke", extract_dtype="bfloat16")["profile"].extract_dtype == "bfloat16"
 
 
 def test_bad_papermill_parameter_fails_in_the_parameters_check(tmp_path):
