@@ -10,21 +10,14 @@ which reads only fp32 records, is untouched. Needs the offline mirror ($PREFIXRE
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 
 import pandas as pd
 
-from prefixrep.core import Store, fast_bf16, get_profile
+from prefixrep.core import Store, cpu_model, fast_bf16, get_profile
 from prefixrep.transfer import METHOD_NAMES, check_params, run_transfer, table2
 
 METHODS = ("frozen", "multitask", "prefix")
-
-
-def cpu_name() -> str:
-    "The CPU model from /proc/cpuinfo (else what `platform` knows)."
-    try: return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): return platform.processor() or platform.machine()
 
 
 def compare(ledger: pd.DataFrame, profile: str, seeds: list[int], data_dir) -> pd.DataFrame:
@@ -50,7 +43,7 @@ def report(cmp: pd.DataFrame, profile: str, seeds: list[int]) -> str:
     worst = per.loc[per.change.abs().idxmax()] if len(per) else None
     avg = cmp[cmp.task == "Avg"].set_index("method").change
     lines = [f"# bf16 autocast for fixed representations: score change on Table 2 (profile `{profile}`, seeds {seeds})", "",
-             f"Machine: {cpu_name()}; bf16 is a fast path here: {fast_bf16()}. Every number "
+             f"Machine: {cpu_model()}; bf16 is a fast path here: {fast_bf16()}. Every number "
              "is a ledger record (test accuracy, %, mean over the seeds): the fp32 ones are Table 2's, the bf16 ones were "
              "scored by `benchmarks/bf16_check.py` (fp32 units it finds in the ledger are not rerun) with the same prefixes, multi-task model, target heads and seeds. "
              f"Columns: {', '.join(f'`{m}` = {METHOD_NAMES.get(m, m)}' for m in METHODS)}.", "",

@@ -21,7 +21,7 @@ import torch
 # %% auto #0
 __all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'PROFILES', 'Profile', 'get_profile', 'seed_everything',
            'get_device', 'fast_bf16', 'config_hash', 'atomic_write', 'write_json', 'torch_save', 'default_results_dir',
-           'default_cache_dir', 'Store', 'Ledger', 'provenance', 'data_hash', 'task_seed']
+           'default_cache_dir', 'Store', 'Ledger', 'provenance', 'cpu_model', 'data_hash', 'task_seed']
 
 # %% ../nbs/00_core.ipynb #326b1350
 SOURCE_TASKS = ("mnli", "qnli", "qqp", "sst2", "yelp2", "record", "winogrande")
@@ -233,7 +233,13 @@ def provenance() -> dict:
                                 cwd=Path(__file__).resolve().parent if "__file__" in globals() else None).stdout.strip()
     except Exception: commit = ""
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads"
-    return {"host": platform.node(), "device": dev, "torch": torch.__version__, "git_commit": commit or None}
+    return {"host": platform.node(), "device": dev, "cpu": cpu_model(), "torch": torch.__version__, "git_commit": commit or None}
+
+def cpu_model() -> str:
+    "The CPU's model name (fp32 results can differ in the last bits between CPU families: recorded, not keyed)."
+    import platform
+    try: return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration): return platform.processor() or platform.machine()
 
 def data_hash(examples) -> str:
     "Content hash of encoded examples (token ids and labels): part of every unit's key, so changed data is new work."
