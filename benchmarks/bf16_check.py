@@ -15,43 +15,54 @@ from pathlib import Path
 import pandas as pd
 
 from prefixrep.core import Store, cpu_model, fast_bf16, get_profile
-from prefixrep.transfer import METHOD_NAMES, check_params, run_transfer, table2
+from prefixrep.transfer import METHOD_NAMES, check_params, latest_per_seed, profile_key, run_transfer
 
 METHODS = ("frozen", "multitask", "prefix")
 
 
 def compare(ledger: pd.DataFrame, profile: str, seeds: list[int], data_dir) -> pd.DataFrame:
-    "Per (method, task): mean test accuracy (%) over `seeds` with fp32 and with bf16 representations, and the change."
-    led = ledger[ledger.seed.isin(seeds)] if len(ledger) else ledger
-    cols = {}
-    for dtype in ("float32", "bfloat16"):
-        t = table2(led, get_profile(profile, extract_dtype=dtype), data_dir)
-        t = t[t.method.isin(METHODS)] if len(t) else t
-        cols[dtype] = t.set_index(["method", "task"])["mean"] if len(t) else pd.Series(dtype=float)
-    out = pd.DataFrame({"fp32": cols["float32"], "bf16": cols["bfloat16"]}).dropna()
-    return out.assign(change=out.bf16 - out.fp32).reset_index()
+    """Per (method, task): mean test accuracy (%) with fp32 and with bf16 representations over the seeds that have
+    both, and the change; `Avg` per method over the seeds that have every target in both."""
+    prof = get_profile(profile)
+    def records(dtype: str) -> pd.DataFrame:
+        key = profile_key(get_profile(profile, extract_dtype=dtype), data_dir)
+        if ledger.empty: return pd.DataFrame(columns=["method", "task", "seed", "score", "cpu"])
+        r = ledger[(ledger.profile_hash == key["profile_hash"]) & (ledger.data == key["data"])
+                   & ledger.method.isin(METHODS) & ledger.seed.isin(seeds)]
+        r = latest_per_seed(r, ["method", "task", "seed"])
+        return r.assign(score=100 * r.score, cpu=r.get("cpu", pd.Series(index=r.index, dtype=object)))[
+            ["method", "task", "seed", "score", "cpu"]]
+    both = records("float32").merge(records("bfloat16"), on=["method", "task", "seed"], suffixes=("_fp32", "_bf16"))
+    per = both.groupby(["method", "task"], as_index=False)[["score_fp32", "score_bf16"]].mean()
+    full = both.groupby(["method", "seed"]).filter(lambda g: set(g.task) >= set(prof.target_tasks))
+    avg = full.groupby(["method", "seed"], as_index=False)[["score_fp32", "score_bf16"]].mean() \
+              .groupby("method", as_index=False)[["score_fp32", "score_bf16"]].mean().assign(task="Avg")
+    out = pd.concat([per, avg], ignore_index=True).rename(columns={"score_fp32": "fp32", "score_bf16": "bf16"})
+    out.attrs["cpus"] = {d: sorted(set(both[f"cpu_{d}"].fillna("not recorded"))) for d in ("fp32", "bf16")}
+    return out.assign(change=out.bf16 - out.fp32)
 
 
 def report(cmp: pd.DataFrame, profile: str, seeds: list[int]) -> str:
     "Markdown: one row per target, fp32 / bf16 / change per method; the largest changes stated in prose."
     if cmp.empty: raise ValueError("no method has both fp32 and bf16 records for these seeds")
     wide = cmp.pivot(index="task", columns="method", values=["fp32", "bf16", "change"])
-    order = [t for t in get_profile(profile).target_tasks if t in wide.index] + ["Avg"]
-    table = pd.DataFrame({f"{m} {k}": wide[(k, m)] for m in METHODS if ("fp32", m) in wide
-                          for k in ("fp32", "bf16", "change")}).reindex([t for t in order if t in wide.index])
-    per = cmp[cmp.task != "Avg"]
-    worst = per.loc[per.change.abs().idxmax()] if len(per) else None
-    avg = cmp[cmp.task == "Avg"].set_index("method").change
+    methods = [m for m in METHODS if ("fp32", m) in wide]
+    order = [t for t in list(get_profile(profile).target_tasks) + ["Avg"] if t in wide.index]
+    table = pd.DataFrame({f"{m} {k}": wide[(k, m)] for m in methods for k in ("fp32", "bf16", "change")}).reindex(order)
+    per, avg = cmp[cmp.task != "Avg"], cmp[cmp.task == "Avg"].set_index("method").change
+    worst = per.loc[per.change.abs().idxmax()]
+    cpus = cmp.attrs.get("cpus", {})
     lines = [f"# bf16 autocast for fixed representations: score change on Table 2 (profile `{profile}`, seeds {seeds})", "",
-             f"Machine: {cpu_model()}; bf16 is a fast path here: {fast_bf16()}. Every number "
-             "is a ledger record (test accuracy, %, mean over the seeds): the fp32 ones are Table 2's, the bf16 ones were "
-             "scored by `benchmarks/bf16_check.py` (fp32 units it finds in the ledger are not rerun) with the same prefixes, multi-task model, target heads and seeds. "
-             f"Columns: {', '.join(f'`{m}` = {METHOD_NAMES.get(m, m)}' for m in METHODS)}.", "",
-             table.round(2).to_markdown(), ""]
-    if worst is not None:
-        lines.append(f"Largest change on one target: {worst.change:+.2f} points ({METHOD_NAMES.get(worst.method, worst.method)}, "
-                     f"{worst.task}); change of the average: " + ", ".join(f"{METHOD_NAMES.get(m, m)} {v:+.2f}" for m, v in avg.items())
-                     + " points.")
+             f"Records made on: fp32 {', '.join(cpus.get('fp32', ['?']))}; bf16 {', '.join(cpus.get('bf16', ['?']))} "
+             f"(this report written on {cpu_model()}; bf16 is a fast path here: {fast_bf16()}). Every number is a ledger "
+             "record (test accuracy, %, mean over the seeds that have both): the fp32 ones are Table 2's, the bf16 ones "
+             "were scored by `benchmarks/bf16_check.py` (fp32 units it finds in the ledger are not rerun) with the same "
+             "prefixes, multi-task model, target-head seeds and rows; only the dtype of the encoder pass differs. Columns: "
+             f"{', '.join(f'`{m}` = {METHOD_NAMES.get(m, m)}' for m in methods)}.", "",
+             table.round(2).to_markdown(), "",
+             f"Largest change on one target: {worst.change:+.2f} points ({METHOD_NAMES.get(worst.method, worst.method)}, "
+             f"{worst.task})." + (" Change of the average: " + ", ".join(f"{METHOD_NAMES.get(m, m)} {v:+.2f}" for m, v in avg.items())
+                                  + " points." if len(avg) else " No method has every target in both dtypes yet: no average.")]
     return "\n".join(lines) + "\n"
 
 

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     nbs = find_notebooks(a.nbs)
     plan = run_plan(a.experiments, a.seeds)
-    run_dir = Path(a.run_dir) / a.profile
+    run_dir = Path(a.run_dir) / (a.profile + ("" if a.extract_dtype in (None, "float32") else f"-{a.extract_dtype}"))
     absolute = lambda p: str(Path(p).resolve()) if p else None  # notebooks run in nbs/: make paths absolute
     total = 0.0
     for i, (exp, seed) in enumerate(plan, 1):

@@ -20,8 +20,9 @@ import torch
 
 # %% auto #0
 __all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'PROFILES', 'Profile', 'get_profile', 'seed_everything',
-           'get_device', 'fast_bf16', 'config_hash', 'atomic_write', 'write_json', 'torch_save', 'default_results_dir',
-           'default_cache_dir', 'Store', 'Ledger', 'provenance', 'cpu_model', 'data_hash', 'task_seed']
+           'get_device', 'cpu_flags', 'fast_bf16', 'dtype_key', 'config_hash', 'atomic_write', 'write_json',
+           'torch_save', 'default_results_dir', 'default_cache_dir', 'Store', 'Ledger', 'provenance', 'cpu_model',
+           'data_hash', 'task_seed']
 
 # %% ../nbs/00_core.ipynb #326b1350
 SOURCE_TASKS = ("mnli", "qnli", "qqp", "sst2", "yelp2", "record", "winogrande")
@@ -126,14 +127,22 @@ def get_device(device: str = "auto") -> torch.device:
     if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
+def cpu_flags() -> set[str]:
+    "The CPU's instruction-set flags (from /proc/cpuinfo; empty where there is none)."
+    try: return set(next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), []))
+    except OSError: return set()
+
 def fast_bf16(device: str | torch.device = "cpu") -> bool:
-    """Whether bf16 autocast is a fast path on `device`: a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16
-    instructions (elsewhere bf16 runs emulated, several times slower than fp32)."""
+    """Whether bf16 autocast is a fast path on `device`: a CUDA GPU with native bf16, or a CPU with AMX or AVX512-BF16
+    instructions (elsewhere bf16 runs emulated, slower than fp32)."""
     device = torch.device(device)
-    if device.type == "cuda": return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try: flags = Path("/proc/cpuinfo").read_text()
-    except OSError: return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    if device.type == "cuda": return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+def dtype_key(dtype: str) -> dict:
+    "What a unit's key says about how its fixed representations were computed: nothing for fp32 (so keys written "
+    "before bf16 existed stay valid), else the dtype."
+    return {} if dtype == "float32" else {"extract_dtype": dtype}
 
 # %% ../nbs/00_core.ipynb #70d91bc5
 def config_hash(cfg: Any, n: int = 16) -> str:

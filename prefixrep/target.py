@@ -10,7 +10,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,13 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import EXTRACT_DTYPES, Profile, Store, config_hash, data_hash, seed_everything, torch_save
+from .core import EXTRACT_DTYPES, Profile, Store, config_hash, data_hash, dtype_key, seed_everything, torch_save
 from .data import Encoded, Task, bucket_batches, get_task
 from .training import MLPHead, device_of, encoder_states, group_logits, head_outputs
 
 # %% auto #0
-__all__ = ['Features', 'tensor_hash', 'representation_id', 'extract_features', 'cached_features', 'CLSAttention', 'TargetHead',
-           'eval_batches', 'head_accuracy', 'train_target_head', 'score_target']
+__all__ = ['KEEP_EVAL_BYTES', 'Features', 'tensor_hash', 'representation_id', 'extract_features', 'cached_features',
+           'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'head_accuracy', 'train_target_head',
+           'score_target']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -91,7 +92,7 @@ def cached_features(encoder, task: str, split: str, data: Sequence[Encoded], sto
     """Fixed representations of one split, computed once per (encoder + prefixes, task, split, data, dtype) and cached.
     fp32 keys carry no dtype, so caches written before bf16 existed stay valid."""
     key = config_hash({"rep": representation_id(encoder), "task": task, "split": split, "rows": data_hash(data), **data_key,
-                       **({} if dtype == "float32" else {"dtype": dtype})})
+                       **dtype_key(dtype)})
     path = store.cache_path("features", key, ".pt")
     if path.exists():
         return Features(**torch.load(path, map_location="cpu", weights_only=False))
@@ -131,9 +132,16 @@ class TargetHead(nn.Module):
         return self.mlp(self.norm(states[:, 0] + self.attn(states, mask)))
 
 # %% ../nbs/04_target.ipynb #e27a06eb
-def eval_batches(feats: Features, batch_size: int = 256) -> list[tuple]:
-    "The (idx, states, mask, n_views) batches `head_accuracy` scores, padded once (dev is scored after every epoch)."
-    return [(idx, *feats.batch(idx)) for idx in bucket_batches(feats.lengths[feats.first_view[:-1]].tolist(), batch_size)]
+def eval_batches(feats: Features, batch_size: int = 256) -> Iterator[tuple]:
+    "The (idx, states, mask, n_views) batches `head_accuracy` scores, in a fixed order, padded one at a time."
+    for idx in bucket_batches(feats.lengths[feats.first_view[:-1]].tolist(), batch_size): yield (idx, *feats.batch(idx))
+
+KEEP_EVAL_BYTES = 1 << 30  # dev batches padded once and kept for a head's training run if at most this big (fp32)
+
+def keep_eval_batches(feats: Features) -> list[tuple] | None:
+    "The dev batches, padded once for all epochs (same numbers, less work), unless their upper-bound size is too big."
+    n_bytes = int(feats.n_views.sum()) * int(feats.lengths.max() if len(feats.lengths) else 0) * feats.tokens.shape[1] * 4
+    return list(eval_batches(feats)) if n_bytes <= KEEP_EVAL_BYTES else None
 
 @torch.no_grad()
 def head_accuracy(head: TargetHead, feats: Features, task: Task, batch_size: int = 256,
@@ -155,7 +163,7 @@ def train_target_head(feats: dict[str, Features], task: str, profile: Profile, s
     opt = torch.optim.Adam(head.parameters(), lr=profile.head_lr, weight_decay=profile.head_wd, foreach=True)
     tr = feats["train"]
     lengths = tr.lengths[tr.first_view[:-1]].tolist()
-    best, dev_batches = (-1.0, -1, None), eval_batches(feats["dev"])
+    best, dev_batches = (-1.0, -1, None), keep_eval_batches(feats["dev"])
     for epoch in tqdm(range(profile.head_epochs), desc=f"target head {task}", disable=not progress, mininterval=5):
         head.train()
         for idx in bucket_batches(lengths, profile.head_batch, shuffle=True, generator=g):
@@ -164,6 +172,7 @@ def train_target_head(feats: dict[str, Features], task: str, profile: Profile, s
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         dev = head_accuracy(head, feats["dev"], t, batches=dev_batches)
         if dev > best[0]: best = (dev, epoch, copy.deepcopy(head.state_dict()))
+    del dev_batches
     head.load_state_dict(best[2])
     return {"dev": best[0], "best_epoch": best[1], "score": head_accuracy(head, feats["test"], t)}
 
@@ -183,7 +192,7 @@ def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded
            "prefixes": [] if lazy else sorted(encoder.active), "head_epochs": profile.head_epochs, "head_lr": profile.head_lr,
            "head_batch": profile.head_batch, "profile": profile.name, "backbone": profile.backbone,
            "rows": config_hash([data_hash(splits[s]) for s in ("train", "dev", "test")]), "v": 1, **data_key, **(extra or {}),
-           **({} if profile.extract_dtype == "float32" else {"extract_dtype": profile.extract_dtype})}
+           **dtype_key(profile.extract_dtype)}
     def work() -> dict:
         enc = encoder() if lazy else encoder
         feats = {s: cached_features(enc, task, s, splits[s], store, pad_id, data_key, profile.eval_batch, progress,

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import EXTRACT_DTYPES, Profile, Store, config_hash, get_device, get_profile
+from .core import EXTRACT_DTYPES, dtype_key, Profile, Store, config_hash, get_device, get_profile
 from .data import Encoded, encode, get_task, load_task, resolve_data_dir
 from .prefix import PrefixEncoder, load_backbone
 from .target import score_target
@@ -25,8 +25,8 @@ from .training import finetune_target, multitask_unit, train_multitask, train_so
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'LATER_FIELDS', 'project_root', 'check_params',
            'example_texts', 'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy',
-           'update_profile', 'prepare_data', 'multitask_encoder', 'profile_key', 'run_transfer', 'latest_per_seed',
-           'sample_std', 'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims',
+           'update_profile', 'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key', 'run_transfer',
+           'latest_per_seed', 'sample_std', 'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims',
            'table2_compute_hours', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
@@ -50,8 +50,6 @@ def check_params(seed, profile, data_dir=None, results_dir=None, cache_dir=None,
     "Validate papermill parameters and resolve defaults; fails early with a clear message."
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TypeError(f"seed must be a non-negative integer, got {seed!r} ({type(seed).__name__})")
-    if extract_dtype is not None and extract_dtype not in EXTRACT_DTYPES:
-        raise ValueError(f"extract_dtype must be one of {EXTRACT_DTYPES} (or None: the profile's), got {extract_dtype!r}")
     prof = get_profile(profile, **({"backbone": backbone} if backbone else {}),
                        **({"extract_dtype": extract_dtype} if extract_dtype else {}))
     for name, v in dict(data_dir=data_dir, results_dir=results_dir, cache_dir=cache_dir, reports_dir=reports_dir).items():
@@ -64,7 +62,8 @@ def check_params(seed, profile, data_dir=None, results_dir=None, cache_dir=None,
     return dict(seed=int(seed), profile=prof, data_dir=resolve_data_dir(data_dir),
                 results_dir=Path(results_dir) if results_dir else root / "results",
                 cache_dir=Path(cache_dir) if cache_dir else root / "artifacts",
-                reports_dir=Path(reports_dir) if reports_dir else root / "reports", device=get_device(device))
+                reports_dir=Path(reports_dir) if reports_dir else root / "reports" / dtype_key(prof.extract_dtype).get("extract_dtype", ""),
+                device=get_device(device))  # a bf16 run's reports default to reports/bfloat16/: the fp32 ones stay
 
 # %% ../nbs/05_transfer.ipynb #78c99ed8
 def _norm(s: str | None) -> str:
@@ -147,6 +146,10 @@ TABLE2_FIELDS = ("backbone", "max_length", "source_tasks", "target_tasks", "sour
                  "finetune_wd")
 LATER_FIELDS = {"extract_dtype": "float32"}  # fields added after records existed: hashed only when not at this default
 
+def finetune_key(prof: Profile, data_dir) -> dict:
+    "`profile_key` of the fine-tuning units: they use no fixed representation, so it is the fp32 key for any dtype."
+    return profile_key(replace(prof, extract_dtype="float32"), data_dir)
+
 def profile_key(prof: Profile, data_dir) -> dict:
     """What every unit of a Table 2 run shares: the hash of the profile fields Table 2 depends on (so editing, say,
     Figure 2's budgets keeps Table 2's records valid) and where the data came from."""
@@ -186,7 +189,7 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
     if "finetune" in methods:
         for t in prof.target_tasks:
             cfg = {"method": "finetune", "task": t, "seed": seed, "steps": prof.finetune_steps, "lr": prof.finetune_lr,
-                   "backbone": prof.backbone, **key}
+                   "backbone": prof.backbone, **finetune_key(prof, data_dir)}
             def work(t=t):
                 ft = PrefixEncoder(load_backbone(prof.backbone)[0].to(dev), prof.prefix_length, freeze=False)
                 return finetune_target(ft, t, targets[t], prof, seed, pad, store.cache_path("ckpt", config_hash(cfg), ".pt"),
@@ -209,7 +212,9 @@ def table2(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
     "Long-format Table 2 (method, task, mean, std, n_seeds, profile, backbone, paper) from ledger records."
     key = profile_key(prof, data_dir)
     if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame()
-    df = ledger[(ledger.profile_hash == key["profile_hash"]) & (ledger.data == key["data"]) & ledger.method.isin(METHODS)]
+    ours = ledger.profile_hash.eq(key["profile_hash"]).where(  # fine-tuning rows: the fp32 key, whatever the dtype
+        ledger.method != "finetune", ledger.profile_hash.eq(finetune_key(prof, data_dir)["profile_hash"]))
+    df = ledger[ours & (ledger.data == key["data"]) & ledger.method.isin(METHODS)]
     df = latest_per_seed(df, ["method", "task", "seed"]).assign(score=lambda d: 100 * d.score)
     rows = []
     for (m, t), g in df.groupby(["method", "task"]):

@@ -80,7 +80,9 @@ def test_committed_table2_records_still_match_the_small_profile():
     from prefixrep.transfer import profile_key
     hashes = {json.loads(p.read_text()).get("profile_hash") for p in (ROOT / "results" / "ledger").glob("*.json")}
     if not hashes - {None}: pytest.skip("no committed ledger records")
-    assert profile_key(get_profile("small"), "mirror")["profile_hash"] in hashes
+    from prefixrep.transfer import update_profile
+    assert profile_key(get_profile("small"), "mirror")["profile_hash"] in hashes                   # Table 2
+    assert profile_key(update_profile(get_profile("small")), "mirror")["profile_hash"] in hashes   # Table 3, Figure 2
 
 
 def test_bf16_representations_are_their_own_units():
@@ -90,5 +92,7 @@ def test_bf16_representations_are_their_own_units():
     from prefixrep.transfer import profile_key
     fp32, bf16 = (profile_key(get_profile("small", extract_dtype=d), "mirror")["profile_hash"] for d in ("float32", "bfloat16"))
     assert fp32 != bf16
+    from prefixrep.transfer import finetune_key  # fine-tuning uses no fixed representation: shared by both dtypes
+    assert finetune_key(get_profile("small", extract_dtype="bfloat16"), "mirror")["profile_hash"] == fp32
     with pytest.raises(ValueError, match="extract_dtype"): get_profile("small", extract_dtype="fp16")
     with pytest.raises(ValueError, match="dtype"): extract_features(None, [], 0, dtype="float16")
