@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prefixrep.core import cpu_model, get_profile, seed_everything
+from prefixrep.core import cpu_flags, cpu_model, get_profile, seed_everything
 from prefixrep.data import bucket_batches, collate, encode, get_task, load_task
 from prefixrep.prefix import PrefixEncoder, load_backbone
 from prefixrep.target import TargetHead, extract_features, train_target_head
@@ -183,7 +183,7 @@ def main():
     head = bench_head(a.repeats)
     serve = bench_serving(a.repeats, a.rows * 4)
     cpu = cpu_model()
-    flags = set(next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), []))
+    flags = cpu_flags()
     isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "no AVX2"
     r_step = step["peft"] / step["ours"]
     r_ext = ext["t"]["fixed128_fp32"] / ext["t"]["bucketed_fp32"]
