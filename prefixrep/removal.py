@@ -20,7 +20,8 @@ from .data import get_task
 from .prefix import PrefixEncoder, load_backbone
 from .target import score_target
 from .training import train_multitask, train_source_prefix
-from .transfer import (PAPER_TABLE2, check_params, describe_deviations, multitask_encoder, prepare_data,
+from .transfer import (PAPER_TABLE2, check_params, describe_deviations, mean_std_cells, multitask_encoder,
+                                prepare_data, sample_std,
                                 profile_key, update_profile)
 
 # %% auto #0
@@ -142,11 +143,11 @@ def select_subsets(rem: pd.DataFrame, sources: Sequence[str], max_removed: int, 
 # %% ../nbs/06_removal.ipynb #356454b0
 def aggregate(per_seed: pd.DataFrame, targets: Sequence[str]) -> list[dict]:
     "Mean/std over seeds per target, plus `Avg` over seeds that have every target; `per_seed`: task, seed, dev, score, removed."
-    rows = [dict(task=t, mean=g.score.mean(), std=g.score.std(ddof=0), n_seeds=g.seed.nunique(), dev=g.dev.mean(),
+    rows = [dict(task=t, mean=g.score.mean(), std=sample_std(g.score), n_seeds=g.seed.nunique(), dev=g.dev.mean(),
                  removed=removed_label(g.removed.iloc[0])) for t, g in per_seed.groupby("task")]
     avg = per_seed.groupby("seed").agg(score=("score", "mean"), dev=("dev", "mean"), n=("task", "nunique"))
     avg = avg[avg.n == len(targets)]
-    if len(avg): rows.append(dict(task="Avg", mean=avg.score.mean(), std=avg.score.std(ddof=0), n_seeds=len(avg),
+    if len(avg): rows.append(dict(task="Avg", mean=avg.score.mean(), std=sample_std(avg.score), n_seeds=len(avg),
                                   dev=avg.dev.mean(), removed=""))
     return rows
 
@@ -190,7 +191,7 @@ def removal_effects(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.Da
 
 def wide3(long: pd.DataFrame, value: str = "cell") -> pd.DataFrame:
     "Rows × targets: 'mean ± std' cells (value='cell'), or any column of `long` (e.g. 'removed', 'paper')."
-    long = long.assign(cell=[f"{m:.2f} ± {s:.2f}" for m, s in zip(long["mean"], long["std"])], row=list(zip(long.method, long.selection)))
+    long = long.assign(cell=mean_std_cells(long), row=list(zip(long.method, long.selection)))
     w = long.pivot(index="row", columns="task", values=value)
     cols = [c for c in list(TARGET_TASKS) + ["Avg"] if c in w.columns]
     return w.loc[[r for r in ROWS if r in w.index], cols].rename(index=ROW_NAMES)
@@ -283,7 +284,7 @@ def write_table3(long: pd.DataFrame, effects: pd.DataFrame, reports_dir: str | P
     paper = paper.rename(index=lambda n: n.replace(" (oracle: best on test)", " (best)"))
     long.to_csv(reports_dir / "table3.csv", index=False, float_format="%.4f")
     md = ["# Table 3 — removing source prefixes (accuracy, %)", "", text, "",
-          "## Ours (mean ± std over seeds)", "", ours.to_markdown(), "",
+          "## Ours (mean ± std over seeds)", "", ours.to_markdown(disable_numparse=True), "",
           "## Paper (Huang et al. 2023, Table 3, RoBERTa-large: best over all combinations of removal)", "",
           paper.to_markdown(floatfmt=".2f"), "",
           "## Which source prefixes each row removed", "", wide3(long, "removed").drop(columns="Avg", errors="ignore").to_markdown(), "",

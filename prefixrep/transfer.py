@@ -26,8 +26,8 @@ from .training import finetune_target, multitask_unit, train_multitask, train_so
 __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'LATER_FIELDS', 'project_root', 'check_params',
            'example_texts', 'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy',
            'update_profile', 'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key', 'run_transfer',
-           'latest_per_seed', 'sample_std', 'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims',
-           'table2_compute_hours', 'sanity_lines', 'report_text']
+           'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2', 'wide_table', 'write_table2',
+           'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -204,6 +204,11 @@ def latest_per_seed(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     "One record per `by` group: the newest, if a unit was ever recomputed under another key (e.g. another machine)."
     return df.sort_values("finished").groupby(list(by), as_index=False).tail(1) if not df.empty else df
 
+def mean_std_cells(long: pd.DataFrame) -> list[str]:
+    "'mean ± std' per row of a long table ('mean' alone where one seed: a single run has no spread to show)."
+    n = long["n_seeds"] if "n_seeds" in long else pd.Series(2, index=long.index)
+    return [f"{m:.2f} ± {s:.2f}" if k > 1 else f"{m:.2f}" for m, s, k in zip(long["mean"], long["std"], n)]
+
 def sample_std(x: pd.Series) -> float:
     "Sample standard deviation (ddof=1) over seeds; 0 for a single seed."
     return float(x.std(ddof=1)) if len(x) > 1 else 0.0
@@ -233,7 +238,7 @@ def table2(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
 
 def wide_table(long: pd.DataFrame, value: str = "cell") -> pd.DataFrame:
     "Methods × tasks, cells 'mean ± std'."
-    long = long.assign(cell=[f"{m:.2f} ± {s:.2f}" for m, s in zip(long["mean"], long["std"])])
+    long = long.assign(cell=mean_std_cells(long))
     w = long.pivot(index="method", columns="task", values=value)
     cols = [c for c in list(get_profile("paper").target_tasks) + ["Avg"] if c in w.columns]
     return w.loc[[m for m in METHODS if m in w.index], cols].rename(index=METHOD_NAMES)
@@ -244,7 +249,7 @@ def write_table2(long: pd.DataFrame, reports_dir: str | Path, text: str = "") ->
     ours, paper = wide_table(long), wide_table(long.assign(mean=long.paper, std=0.0)).map(lambda c: c.split(" ±")[0])
     long.to_csv(reports_dir / "table2.csv", index=False, float_format="%.4f")
     md = ["# Table 2 — transfer to unseen target tasks (accuracy, %)", "", text, "",
-          "## Ours (mean ± std over seeds)", "", ours.to_markdown(), "",
+          "## Ours (mean ± std over seeds)", "", ours.to_markdown(disable_numparse=True), "",
           "## Paper (Huang et al. 2023, RoBERTa-large, 5-run average)", "", paper.to_markdown(), ""]
     (reports_dir / "table2.md").write_text("\n".join(md))
     (reports_dir / "table2.tex").write_text(ours.to_latex(escape=True, caption="Transfer to unseen target tasks "
