@@ -20,7 +20,7 @@ import torch
 
 # %% auto #0
 __all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'PROFILES', 'Profile', 'get_profile', 'seed_everything',
-           'get_device', 'cpu_flags', 'fast_bf16', 'dtype_key', 'config_hash', 'atomic_write', 'write_json',
+           'get_device', 'cpuinfo', 'cpu_flags', 'fast_bf16', 'dtype_key', 'config_hash', 'atomic_write', 'write_json',
            'torch_save', 'default_results_dir', 'default_cache_dir', 'Store', 'Ledger', 'provenance', 'cpu_model',
            'data_hash', 'task_seed']
 
@@ -127,10 +127,14 @@ def get_device(device: str = "auto") -> torch.device:
     if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
+def cpuinfo(field: str) -> str:
+    "One field of /proc/cpuinfo for the first CPU ('' where there is none)."
+    try: return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith(field)), "")
+    except OSError: return ""
+
 def cpu_flags() -> set[str]:
-    "The CPU's instruction-set flags (from /proc/cpuinfo; empty where there is none)."
-    try: return set(next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), []))
-    except OSError: return set()
+    "The CPU's instruction-set flags."
+    return set(cpuinfo("flags").split())
 
 def fast_bf16(device: str | torch.device = "cpu") -> bool:
     """Whether bf16 autocast is a fast path on `device`: a CUDA GPU with native bf16, or a CPU with AMX or AVX512-BF16
@@ -247,8 +251,7 @@ def provenance() -> dict:
 def cpu_model() -> str:
     "The CPU's model name (fp32 results can differ in the last bits between CPU families: recorded, not keyed)."
     import platform
-    try: return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): return platform.processor() or platform.machine()
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 def data_hash(examples) -> str:
     "Content hash of encoded examples (token ids and labels): part of every unit's key, so changed data is new work."

@@ -21,8 +21,7 @@ from .prefix import PrefixEncoder, load_backbone
 from .target import score_target
 from .training import train_multitask, train_source_prefix
 from .transfer import (PAPER_TABLE2, check_params, describe_deviations, mean_std_cells, multitask_encoder,
-                                prepare_data, sample_std,
-                                profile_key, update_profile)
+                                prepare_data, profile_key, sample_std, update_profile)
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'removal_sets', 'removed_label', 'check_removal_params', 'score_targets',

@@ -160,7 +160,7 @@ def train_target_head(feats: dict[str, Features], task: str, profile: Profile, s
     g = seed_everything(seed)
     hidden = feats["train"].tokens.shape[1]
     head = TargetHead(hidden, head_outputs(t))
-    opt = torch.optim.Adam(head.parameters(), lr=profile.head_lr, weight_decay=profile.head_wd, foreach=True)
+    opt = torch.optim.Adam(head.parameters(), lr=profile.head_lr, weight_decay=profile.head_wd)
     tr = feats["train"]
     lengths = tr.lengths[tr.first_view[:-1]].tolist()
     best, dev_batches = (-1.0, -1, None), keep_eval_batches(feats["dev"])

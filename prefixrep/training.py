@@ -236,9 +236,8 @@ def train_multitask(encoder, data: dict[str, dict[str, list[Encoded]]], profile:
         store.cache_path("ckpt", key, ".pt").unlink(missing_ok=True)
         return {**out, "dev": dev, "weights": str(weights)}
     if key in store.ledger and not weights.exists():  # the record is committed, the weights (cache) are not:
-        rec, new = store.ledger.get(key), None        # retrain them, keep the record (what its results were made with)
         print(f"multi-task model {key}: weights not in the cache ({weights}); retraining them (the record is kept)")
-        new = work()
+        rec, new = store.ledger.get(key), work()      # the record is what its results were made with
         if new["dev"] != rec.get("dev"):
             print(f"  note: the retrained model's source dev accuracy {new['dev']} differs from the record's "
                   f"{rec.get('dev')} (recorded on {rec.get('cpu') or rec.get('host')}): fp32 kernels differ between CPUs")

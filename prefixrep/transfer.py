@@ -16,18 +16,18 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import EXTRACT_DTYPES, dtype_key, Profile, Store, config_hash, get_device, get_profile
+from .core import dtype_key, Profile, Store, config_hash, get_device, get_profile
 from .data import Encoded, encode, get_task, load_task, resolve_data_dir
 from .prefix import PrefixEncoder, load_backbone
 from .target import score_target
 from .training import finetune_target, multitask_unit, train_multitask, train_source_prefix
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'LATER_FIELDS', 'project_root', 'check_params',
-           'example_texts', 'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy',
-           'update_profile', 'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key', 'run_transfer',
-           'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2', 'wide_table', 'write_table2',
-           'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines', 'report_text']
+__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'project_root', 'check_params', 'example_texts',
+           'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile',
+           'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key', 'run_transfer', 'latest_per_seed',
+           'mean_std_cells', 'sample_std', 'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims',
+           'table2_compute_hours', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -62,7 +62,7 @@ def check_params(seed, profile, data_dir=None, results_dir=None, cache_dir=None,
     return dict(seed=int(seed), profile=prof, data_dir=resolve_data_dir(data_dir),
                 results_dir=Path(results_dir) if results_dir else root / "results",
                 cache_dir=Path(cache_dir) if cache_dir else root / "artifacts",
-                reports_dir=Path(reports_dir) if reports_dir else root / "reports" / dtype_key(prof.extract_dtype).get("extract_dtype", ""),
+                reports_dir=Path(reports_dir) if reports_dir else root / "reports" / ("" if prof.extract_dtype == "float32" else prof.extract_dtype),
                 device=get_device(device))  # a bf16 run's reports default to reports/bfloat16/: the fp32 ones stay
 
 # %% ../nbs/05_transfer.ipynb #78c99ed8
@@ -144,7 +144,6 @@ TABLE2_FIELDS = ("backbone", "max_length", "source_tasks", "target_tasks", "sour
                  "prefix_wd", "head_batch", "head_epochs", "head_lr", "head_wd", "multitask_batch", "multitask_steps",
                  "multitask_lr", "multitask_wd", "finetune_batch", "finetune_epochs", "finetune_steps", "finetune_lr",
                  "finetune_wd")
-LATER_FIELDS = {"extract_dtype": "float32"}  # fields added after records existed: hashed only when not at this default
 
 def finetune_key(prof: Profile, data_dir) -> dict:
     "`profile_key` of the fine-tuning units: they use no fixed representation, so it is the fp32 key for any dtype."
@@ -154,8 +153,7 @@ def profile_key(prof: Profile, data_dir) -> dict:
     """What every unit of a Table 2 run shares: the hash of the profile fields Table 2 depends on (so editing, say,
     Figure 2's budgets keeps Table 2's records valid) and where the data came from."""
     d = prof.to_dict()
-    later = {k: d[k] for k, default in LATER_FIELDS.items() if d[k] != default}  # absent at their default: old keys hold
-    return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **later}),
+    return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **dtype_key(prof.extract_dtype)}),
             "data": "mirror" if data_dir is not None else "hub"}
 
 def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
@@ -206,8 +204,7 @@ def latest_per_seed(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 def mean_std_cells(long: pd.DataFrame) -> list[str]:
     "'mean ± std' per row of a long table ('mean' alone where one seed: a single run has no spread to show)."
-    n = long["n_seeds"] if "n_seeds" in long else pd.Series(2, index=long.index)
-    return [f"{m:.2f} ± {s:.2f}" if k > 1 else f"{m:.2f}" for m, s, k in zip(long["mean"], long["std"], n)]
+    return [f"{m:.2f} ± {s:.2f}" if k > 1 else f"{m:.2f}" for m, s, k in zip(long["mean"], long["std"], long["n_seeds"])]
 
 def sample_std(x: pd.Series) -> float:
     "Sample standard deviation (ddof=1) over seeds; 0 for a single seed."
