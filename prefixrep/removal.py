@@ -102,7 +102,8 @@ def run_removal(seed: int = 0, profile: str | Profile = "small", data_dir=None, 
 # %% ../nbs/06_removal.ipynb #74e9bbe7
 def removal_records(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
     """This profile's Table 3 records (methods `removal` and `multitask`, scored on the update rows), with accuracy
-    in points and the removed sources as a tuple (`removed`, empty for the multi-task row) and a count (`n_removed`)."""
+    in points, the removed sources as a tuple (`removed`, empty for the multi-task row), a count (`n_removed`) and
+    each unit's recorded wall time (`seconds`)."""
     key = profile_key(update_profile(prof), data_dir)
     if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame()
     df = ledger[(ledger.profile_hash == key["profile_hash"]) & ledger.method.isin(["removal", "multitask"])].copy()
@@ -111,7 +112,7 @@ def removal_records(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.Da
     df["removed"] = [tuple(r) if isinstance(r, (list, tuple)) else () for r in df.removed]
     df["n_removed"] = df.removed.map(len)
     df["score"], df["dev"] = 100 * df.score, 100 * df.dev
-    return df[["method", "task", "seed", "removed", "n_removed", "dev", "score"]].reset_index(drop=True)
+    return df[["method", "task", "seed", "removed", "n_removed", "dev", "score", "seconds"]].reset_index(drop=True)
 
 def complete_seeds(rem: pd.DataFrame, sources: Sequence[str], max_removed: int) -> pd.DataFrame:
     """Only the (target, seed) pairs that have every candidate subset and the multi-task score: every row of
@@ -254,8 +255,7 @@ def report_text3(long: pd.DataFrame, effects: pd.DataFrame, ledger: pd.DataFrame
     up = update_profile(prof)
     rem = removal_records(ledger, prof, data_dir)
     seeds = sorted(int(s) for s in rem.seed.unique()) if not rem.empty else []
-    key = profile_key(up, data_dir)["profile_hash"]
-    hours = ledger[ledger.get("profile_hash", pd.Series(dtype=str)) == key].seconds.sum() / 3600 if not ledger.empty else 0
+    hours = rem.seconds.sum() / 3600 if not rem.empty else 0  # Table 3's own units: Figure 2 shares the profile hash
     setup = (f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds}; {len(prof.source_tasks)} source prefixes "
              f"({', '.join(prof.source_tasks)}), the units of Table 2; every subset removing at most 1 / 2 of them is scored "
              f"by a target head per target and seed. Numbers are mean ± std over seeds of ledger records in "

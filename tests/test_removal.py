@@ -33,9 +33,10 @@ def test_removal_sets_of_six_sources():
 def _fake_ledger(prof, dev, test, seeds=(0, 1)) -> pd.DataFrame:
     "Records as run_removal writes them; `dev`/`test` map a removed tuple to accuracy (fraction)."
     key = profile_key(update_profile(prof), None)
-    recs = [dict(method="removal", task=t, seed=s, removed=list(r), dev=dev(r) + s / 100, score=test(r), **key)
+    recs = [dict(method="removal", task=t, seed=s, removed=list(r), dev=dev(r) + s / 100, score=test(r),
+                 seconds=1.0, **key)
             for t in TARGETS for s in seeds for r in removal_sets(prof.source_tasks, 2)]
-    recs += [dict(method="multitask", task=t, seed=s, dev=0.5, score=0.5, **key) for t in TARGETS for s in seeds]
+    recs += [dict(method="multitask", task=t, seed=s, dev=0.5, score=0.5, seconds=1.0, **key) for t in TARGETS for s in seeds]
     recs += [dict(method="source_prefix", task="sst2", seed=0, dev=0.9)]  # other units are ignored
     return pd.DataFrame(recs)
 
