@@ -24,9 +24,9 @@ from .transfer import (METHOD_NAMES, check_params, describe_deviations, prepare_
                                 update_profile)
 
 # %% auto #0
-__all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'task_orders', 'schedule', 'round_unit', 'SequentialRun', 'run_sequential',
-           'figure2_frame', 'plot_figure2', 'figure2_claims', 'parameter_counts', 'update_cost', 'figure2_report',
-           'write_figure2']
+__all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'task_orders', 'schedule', 'round_unit', 'SequentialRun', 'round_plan',
+           'run_sequential', 'figure2_frame', 'plot_figure2', 'figure2_claims', 'parameter_counts', 'update_cost',
+           'figure2_report', 'write_figure2']
 
 # %% ../nbs/07_sequential.ipynb #47380d5b
 PAPER_ORDERS: tuple[tuple[str, ...], ...] = (  # Huang et al. 2023, Appendix B.1, in the paper's order
@@ -130,17 +130,24 @@ class SequentialRun:
         return rec
 
 # %% ../nbs/07_sequential.ipynb #8370485c
+def round_plan(prof: Profile, methods: Sequence[str] = SEQ_METHODS, reverse: bool = False) -> list[tuple[str, int, tuple]]:
+    "The (method, steps per round, set of tasks) units of one seed after round 0: budgets in turn, distinct sets in schedule order."
+    plan = [(m, int(steps), tasks) for steps in prof.sequential_budgets for tasks in dict.fromkeys(schedule(prof).tasks)
+            for m in SEQ_METHODS if m in methods]
+    return plan[::-1] if reverse else plan
+
 def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
                    reports_dir=None, backbone=None, device="auto", methods: Sequence[str] = SEQ_METHODS,
-                   progress: bool = True, extract_dtype: str | None = None) -> pd.DataFrame:
-    "Run (or resume) one seed of Figure 2; returns this seed's round records (round 0 included)."
+                   progress: bool = True, extract_dtype: str | None = None, reverse: bool = False) -> pd.DataFrame:
+    """Run (or resume) one seed of Figure 2; returns this seed's round records (round 0 included). `reverse` walks
+    the plan last unit first, for a second process sharing the seed."""
     p = check_params(seed, profile, data_dir, results_dir, cache_dir, reports_dir, backbone, device, extract_dtype)
     bad = set(methods) - set(SEQ_METHODS)
     if bad: raise ValueError(f"unknown method(s) {sorted(bad)}; choose from {SEQ_METHODS}")
     base = p["profile"]
     if not base.sequential_budgets or any(int(b) != b or b < 1 for b in base.sequential_budgets):
         raise ValueError(f"sequential_budgets must be positive step counts, got {base.sequential_budgets}")
-    prof, sched = update_profile(base), schedule(base)
+    prof = update_profile(base)
     model, tok = load_backbone(prof.backbone)
     targets, sources, checks = prepare_data(base, p["data_dir"], tok, prof)
     rows = config_hash({"targets": {t: [data_hash(sp[s]) for s in ("train", "dev", "test")] for t, sp in targets.items()},
@@ -149,10 +156,8 @@ def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=Non
     run = SequentialRun(prof, p["seed"], Store(p["results_dir"], p["cache_dir"]), key,
                         targets, sources, PrefixEncoder(model.to(p["device"]), prof.prefix_length), tok.pad_token_id, progress)
     records = [run.frozen()]
-    for steps in prof.sequential_budgets:
-        for tasks in dict.fromkeys(sched.tasks):  # distinct sets, in the order rounds reach them
-            if "prefix" in methods: records.append(run.prefix_round(tasks, steps))
-            if "multitask" in methods: records.append(run.multitask_round(tasks, steps))
+    for method, steps, tasks in round_plan(base, methods, reverse):
+        records.append((run.prefix_round if method == "prefix" else run.multitask_round)(tasks, steps))
     out = pd.DataFrame(records)
     out.attrs.update(checks)
     return out
