@@ -259,7 +259,8 @@ def report_text3(long: pd.DataFrame, effects: pd.DataFrame, ledger: pd.DataFrame
     setup = (f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds}; {len(prof.source_tasks)} source prefixes "
              f"({', '.join(prof.source_tasks)}), the units of Table 2; every subset removing at most 1 / 2 of them is scored "
              f"by a target head per target and seed. Numbers are mean ± std over seeds of ledger records in "
-             f"`results/ledger/`; {hours:.2f} h of recorded head-training and representation time.")
+             f"`results/ledger/`; {hours:.2f} h of recorded wall time of Table 3's own units (target heads and "
+             f"representations, plus any retrain of a multi-task model whose cached weights were missing).")
     dev = [f"Table 3's target rows: train ≤ {up.target_train_rows}, dev/test ≤ {up.eval_rows} per target (Table 2: "
            f"{prof.target_train_rows} / {prof.eval_rows}), so the multi-task and all-prefixes rows are re-scored on these rows "
            f"and differ from Table 2's.",

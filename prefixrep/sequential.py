@@ -132,7 +132,7 @@ class SequentialRun:
 # %% ../nbs/07_sequential.ipynb #8370485c
 def round_plan(prof: Profile, methods: Sequence[str] = SEQ_METHODS, reverse: bool = False) -> list[tuple[str, int, tuple]]:
     "The (method, steps per round, set of tasks) units of one seed after round 0: budgets in turn, distinct sets in schedule order."
-    plan = [(m, int(steps), tasks) for steps in prof.sequential_budgets for tasks in dict.fromkeys(schedule(prof).tasks)
+    plan = [(m, steps, tasks) for steps in prof.sequential_budgets for tasks in dict.fromkeys(schedule(prof).tasks)
             for m in SEQ_METHODS if m in methods]
     return plan[::-1] if reverse else plan
 

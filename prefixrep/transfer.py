@@ -342,14 +342,15 @@ def sanity_lines(long: pd.DataFrame, checks: dict) -> list[str]:
     m, out = long.set_index(["method", "task"])["mean"], []
     chance = {t: 100 * c for t, c in checks.get("chance", {}).items() if ("frozen", t) in m.index}
     if chance:
-        below = [t for t in chance if m["frozen", t] <= chance[t]]
+        below = [t for t in chance if round(m["frozen", t], 6) <= round(chance[t], 6)]  # a mean equal to chance is a tie
         others = {"finetune": "fine-tuning", "multitask": "multi-task", "prefix": "prefix"}
-        beaten = lambda t: ", ".join(n for k, n in others.items() if m.get((k, t), -1) > chance[t]) or "none"
+        there = lambda t: ", ".join(f"{n} {m[k, t]:.1f}" for k, n in others.items() if (k, t) in m.index and m[k, t] == m[k, t])
         fails = ", ".join(f"{t} ({m['frozen', t]:.1f} vs {chance[t]:.1f})" for t in below)
         out.append(f"Frozen lower bound beats chance (majority class, or 1/choices) on {len(chance) - len(below)} of "
                    f"{len(chance)} targets" + (f"; NOT on {fails}: there the target head on the frozen encoder's states "
-                   "finds nothing that generalises from train to dev and test. The other rows that beat chance there: "
-                   + "; ".join(f"{t}: {beaten(t)}" for t in below) + "." if below else "."))
+                   "finds nothing that generalises from train to dev and test. The other rows on these targets (chance "
+                   "in brackets): " + "; ".join(f"{t} ({chance[t]:.1f}): {there(t) or 'no record'}" for t in below) + "."
+                   if below else "."))
     if ("finetune", "Avg") in m.index and ("frozen", "Avg") in m.index:
         ok = m["finetune", "Avg"] > m["frozen", "Avg"]
         out.append(f"Fine-tuning beats the frozen lower bound on average: {'yes' if ok else 'NO'} "
