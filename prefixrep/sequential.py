@@ -25,8 +25,8 @@ from .transfer import (METHOD_NAMES, check_params, describe_deviations, prepare_
 
 # %% auto #0
 __all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'task_orders', 'schedule', 'round_unit', 'SequentialRun', 'round_plan',
-           'run_sequential', 'figure2_frame', 'plot_figure2', 'figure2_claims', 'parameter_counts', 'update_cost',
-           'figure2_report', 'write_figure2']
+           'run_sequential', 'figure2_frame', 'plot_figure2', 'average_standard_error', 'figure2_claims',
+           'parameter_counts', 'update_cost', 'per_round_table', 'figure2_report', 'write_figure2']
 
 # %% ../nbs/07_sequential.ipynb #47380d5b
 PAPER_ORDERS: tuple[tuple[str, ...], ...] = (  # Huang et al. 2023, Appendix B.1, in the paper's order
@@ -209,8 +209,15 @@ def plot_figure2(frame: pd.DataFrame, path: str | Path | None = None):
     return g.figure
 
 # %% ../nbs/07_sequential.ipynb #6250ead0
-def figure2_claims(frame: pd.DataFrame) -> list[str]:
-    "The paper's two Figure 2 observations, each checked against our rounds (1..M, mean over orders and seeds)."
+def average_standard_error(frame: pd.DataFrame, n_test: dict) -> float:
+    "Binomial standard error, in points, of an average over the targets of `n_test` (test rows each) at the frame's accuracies."
+    ts = [t for t in n_test if t in frame]
+    p, n = np.array([frame[t].mean() / 100 for t in ts]), np.array([n_test[t] for t in ts], float)
+    return 100 * float(np.sqrt(np.sum(p * (1 - p) / n))) / len(ts)
+
+def figure2_claims(frame: pd.DataFrame, n_test: dict | None = None) -> list[str]:
+    """The paper's two Figure 2 observations, each checked against our rounds (1..M, mean over orders and seeds);
+    with `n_test` (test rows per target) a last line gives the scale of test-set noise."""
     f = frame[frame["round"] > 0]
     mean = f.groupby(["steps_per_round", "method", "round"]).avg_score.mean().unstack("method")
     if not set(SEQ_METHODS) <= set(mean.columns): return ["Both methods are needed to check the paper's claims."]
@@ -231,6 +238,13 @@ def figure2_claims(frame: pd.DataFrame) -> list[str]:
                    f"and multi-tasking training by {0.0 - drop['multitask']:+.2f} (mean over rounds): 'prefix keeps similar "
                    f"performance while multi-tasking drops a lot' is {'reproduced' if ok else 'NOT reproduced'}"
                    + ("" if ok else f" (criterion: prefix loses < 1 point and multi-tasking loses more)") + ".")
+    if n_test and any(t in f for t in n_test):
+        rows = sorted(n_test[t] for t in n_test if t in f)
+        each = f"{rows[0]}" if rows[0] == rows[-1] else f"{rows[0]}–{rows[-1]}"
+        out.append(f"For scale: an average over these {len(rows)} targets' test rows ({each} each) has a "
+                   f"binomial standard error of about {average_standard_error(f, n_test):.2f} points. Both methods are "
+                   f"scored on the same rows, so their gap is less noisy than that, but every round also carries its own "
+                   f"training noise ({f.seed.nunique()} seed{'s' * (f.seed.nunique() > 1)}).")
     return out
 
 # %% ../nbs/07_sequential.ipynb #585ba93f
@@ -282,8 +296,15 @@ def update_cost(ledger: pd.DataFrame, prof: Profile, counts: dict, data_dir=None
     return pd.DataFrame(rows)
 
 # %% ../nbs/07_sequential.ipynb #d7e9071d
-def figure2_report(frame: pd.DataFrame, cost: pd.DataFrame, prof: Profile, data_dir, counts: dict) -> str:
-    "The prose of the Figure 2 report: claims, measured update cost, orders run, deviations; all computed."
+def per_round_table(frame: pd.DataFrame) -> pd.DataFrame:
+    "Average target accuracy per round (rows) for each method and budget (columns), mean over orders and seeds."
+    t = frame.pivot_table(index="round", columns=["steps_per_round", "method"], values="avg_score").round(2)
+    t.columns = [f"{METHOD_NAMES.get(m, m)}, {b:,} steps" for b, m in t.columns]
+    return t
+
+def figure2_report(frame: pd.DataFrame, cost: pd.DataFrame, prof: Profile, data_dir, counts: dict,
+                   n_test: dict | None = None) -> str:
+    "The prose of the Figure 2 report: claims, per-round means, measured update cost, orders run, deviations; all computed."
     seeds = sorted(int(s) for s in frame.seed.unique()) if len(frame) else []
     orders = task_orders(prof.source_tasks, prof.sequential_orders)
     dropped = [t for t in PAPER_ORDERS[0] if t not in prof.source_tasks]
@@ -305,8 +326,10 @@ def figure2_report(frame: pd.DataFrame, cost: pd.DataFrame, prof: Profile, data_
     lines = [f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds}; every number is computed from the "
              f"`figure2_round` records in the ledger (mean over orders and seeds; the band in the figure is ± one "
              f"standard deviation).", "", "![Figure 2](figure2.png)", "", "**Claims**", ""] + \
-            [f"- {c}" for c in figure2_claims(frame)] + \
-            ["", "**Measured update cost** (one source task; wall time = mean of the ledger's training units on this "
+            [f"- {c}" for c in figure2_claims(frame, n_test)] + \
+            ["", "**Average target accuracy per round** (mean over orders and seeds; round 0 = the frozen encoder)", "",
+             per_round_table(frame).to_markdown() if len(frame) else "(no rounds recorded)", "",
+             "**Measured update cost** (one source task; wall time = mean of the ledger's training units on this "
              "machine; `kept_params` = what the representation keeps after training, the source heads being discarded)",
              "", show.to_markdown(index=False), "",
              f"One prefix is {counts['prefix']:,} parameters against {counts['encoder']:,} in the encoder "
