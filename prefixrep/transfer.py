@@ -344,7 +344,7 @@ def sanity_lines(long: pd.DataFrame, checks: dict) -> list[str]:
     if chance:
         below = [t for t in chance if round(m["frozen", t], 6) <= round(chance[t], 6)]  # a mean equal to chance is a tie
         others = {"finetune": "fine-tuning", "multitask": "multi-task", "prefix": "prefix"}
-        there = lambda t: ", ".join(f"{n} {m[k, t]:.1f}" for k, n in others.items() if (k, t) in m.index and m[k, t] == m[k, t])
+        there = lambda t: ", ".join(f"{n} {m[k, t]:.1f}" for k, n in others.items() if (k, t) in m.index and pd.notna(m[k, t]))
         fails = ", ".join(f"{t} ({m['frozen', t]:.1f} vs {chance[t]:.1f})" for t in below)
         out.append(f"Frozen lower bound beats chance (majority class, or 1/choices) on {len(chance) - len(below)} of "
                    f"{len(chance)} targets" + (f"; NOT on {fails}: there the target head on the frozen encoder's states "
