@@ -23,9 +23,9 @@ from .data import Encoded, Task, bucket_batches, get_task
 from .training import MLPHead, device_of, encoder_states, group_logits, head_outputs
 
 # %% auto #0
-__all__ = ['KEEP_EVAL_BYTES', 'Features', 'tensor_hash', 'representation_id', 'extract_features', 'cached_features',
-           'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'head_accuracy', 'train_target_head',
-           'score_target']
+__all__ = ['KEEP_EVAL_BYTES', 'PROBE_WDS', 'Features', 'tensor_hash', 'representation_id', 'extract_features', 'cached_features',
+           'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right', 'head_accuracy',
+           'train_target_head', 'pooled_states', 'fit_probe', 'probe_accuracy', 'linear_probe', 'score_target']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -143,14 +143,17 @@ def keep_eval_batches(feats: Features) -> list[tuple] | None:
     n_bytes = int(feats.n_views.sum()) * int(feats.lengths.max() if len(feats.lengths) else 0) * feats.tokens.shape[1] * 4
     return list(eval_batches(feats)) if n_bytes <= KEEP_EVAL_BYTES else None
 
+def n_right(pred: Sequence[int], feats: Features, idx: Sequence[int]) -> int:
+    "How many predictions are right: the label, or any gold view (ReCoRD)."
+    return sum(p in (feats.gold[i] or (int(feats.labels[i]),)) for p, i in zip(pred, idx))
+
 @torch.no_grad()
 def head_accuracy(head: TargetHead, feats: Features, task: Task, batch_size: int = 256,
                   batches: list[tuple] | None = None) -> float:
     "Accuracy of a target head on cached features (`batches`: from `eval_batches(feats)`, to reuse them)."
     head.eval(); right = 0
     for idx, states, mask, nv in eval_batches(feats, batch_size) if batches is None else batches:
-        pred = group_logits(head(states, mask), nv, task).argmax(-1).tolist()
-        right += sum(p in (feats.gold[i] or (int(feats.labels[i]),)) for p, i in zip(pred, idx))
+        right += n_right(group_logits(head(states, mask), nv, task).argmax(-1).tolist(), feats, idx)
     return right / max(len(feats), 1)
 
 def train_target_head(feats: dict[str, Features], task: str, profile: Profile, seed: int,
@@ -175,6 +178,52 @@ def train_target_head(feats: dict[str, Features], task: str, profile: Profile, s
     del dev_batches
     head.load_state_dict(best[2])
     return {"dev": best[0], "best_epoch": best[1], "score": head_accuracy(head, feats["test"], t)}
+
+# %% ../nbs/04_target.ipynb #65a9b9b7
+PROBE_WDS = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)  # strongest first: a dev tie keeps the more regularised probe
+
+def pooled_states(feats: Features, chunk: int = 2048) -> torch.Tensor:
+    "Each view's CLS state and mean token state, concatenated: [V, 2H] float32 (`chunk` views at a time in fp32)."
+    means = []
+    for a in range(0, len(feats.lengths), chunk):
+        lens = feats.lengths[a:a + chunk]
+        tok = feats.tokens[feats.offsets[a]:feats.offsets[a + len(lens)]].float()
+        view = torch.repeat_interleave(torch.arange(len(lens)), lens)
+        means.append(torch.zeros(len(lens), tok.shape[1]).index_add_(0, view, tok) / lens[:, None].clamp(min=1))
+    return torch.cat([feats.tokens[feats.offsets[:-1]].float(), torch.cat(means)], 1)
+
+def fit_probe(x: torch.Tensor, feats: Features, task: Task, wd: float, max_iter: int = 200) -> nn.Linear:
+    "Logistic regression on pooled states `x` [V, D] of `feats`: mean cross-entropy + wd * |W|^2, L-BFGS from zero."
+    lin = nn.Linear(x.shape[1], head_outputs(task))
+    nn.init.zeros_(lin.weight); nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(group_logits(lin(x), feats.n_views, task), feats.labels) + wd * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return lin
+
+@torch.no_grad()
+def probe_accuracy(lin: nn.Linear, x: torch.Tensor, feats: Features, task: Task) -> float:
+    pred = group_logits(lin(x), feats.n_views, task).argmax(-1).tolist()
+    return n_right(pred, feats, range(len(feats))) / max(len(feats), 1)
+
+def linear_probe(feats: dict[str, Features], task: str, wds: Sequence[float] = PROBE_WDS) -> dict:
+    "Dev-selected linear probe on cached train/dev/test features: {'dev', 'score' (test), 'train', 'wd'}."
+    t = get_task(task)
+    x = {s: pooled_states(f) for s, f in feats.items()}
+    mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-6
+    x = {s: (v - mu) / sd for s, v in x.items()}
+    best = None
+    for wd in wds:
+        lin = fit_probe(x["train"], feats["train"], t, wd)
+        dev = probe_accuracy(lin, x["dev"], feats["dev"], t)
+        if best is None or dev > best[0]: best = (dev, wd, lin)
+    dev, wd, lin = best
+    return {"dev": dev, "score": probe_accuracy(lin, x["test"], feats["test"], t), "wd": wd,
+            "train": probe_accuracy(lin, x["train"], feats["train"], t)}
 
 # %% ../nbs/04_target.ipynb #d334241c
 def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,

@@ -16,18 +16,19 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import dtype_key, Profile, Store, config_hash, get_device, get_profile
+from .core import dtype_key, Profile, Store, config_hash, data_hash, get_device, get_profile
 from .data import Encoded, encode, get_task, load_task, resolve_data_dir
 from .prefix import PrefixEncoder, load_backbone
-from .target import score_target
+from .target import PROBE_WDS, cached_features, linear_probe, representation_id, score_target
 from .training import finetune_target, multitask_unit, train_multitask, train_source_prefix
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'project_root', 'check_params', 'example_texts',
-           'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile',
-           'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key', 'run_transfer', 'latest_per_seed',
-           'mean_std_cells', 'sample_std', 'table2', 'wide_table', 'write_table2', 'describe_deviations', 'claims',
-           'table2_compute_hours', 'sanity_lines', 'report_text']
+__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'DIAGNOSIS_METHODS', 'project_root', 'check_params',
+           'example_texts', 'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy',
+           'update_profile', 'prepare_raw', 'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key',
+           'run_transfer', 'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2', 'wide_table', 'write_table2',
+           'long_length_of', 'truncated_share', 'diagnose_frozen', 'diagnosis_table', 'diagnosis_lines',
+           'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -113,8 +114,8 @@ def update_profile(prof: Profile) -> Profile:
     return replace(prof, target_train_rows=prof.target_train_rows if prof.update_train_rows is None else prof.update_train_rows,
                    eval_rows=prof.eval_rows if prof.update_eval_rows is None else prof.update_eval_rows)
 
-def prepare_data(prof: Profile, data_dir, tok, target_profile: Profile | None = None) -> tuple[dict, dict, dict]:
-    """Encoded target and source splits for a run, after decontamination; plus the checks to show
+def prepare_raw(prof: Profile, data_dir, target_profile: Profile | None = None) -> tuple[dict, dict, dict]:
+    """Target and source examples for a run, after decontamination; plus the checks to show
     ({'decontamination': DataFrame, 'chance': {task: majority/uniform test accuracy}, 'n_test': {task: rows}}).
     Targets take the caps of `target_profile` (e.g. `update_profile(prof)`); sources always keep `prof`'s, so a
     prefix trained by any experiment is the very unit Table 2 finds."""
@@ -124,6 +125,11 @@ def prepare_data(prof: Profile, data_dir, tok, target_profile: Profile | None = 
     decon = decontaminate(raw_t, raw_s)
     checks = {"decontamination": decon, "chance": {t: chance_accuracy(sp["test"]) for t, sp in raw_t.items()},
               "n_test": {t: len(sp["test"]) for t, sp in raw_t.items()}}
+    return raw_t, raw_s, checks
+
+def prepare_data(prof: Profile, data_dir, tok, target_profile: Profile | None = None) -> tuple[dict, dict, dict]:
+    "`prepare_raw`, with every split encoded at the profile's max length: (targets, sources, checks)."
+    raw_t, raw_s, checks = prepare_raw(prof, data_dir, target_profile)
     return encode_all(raw_t, tok, prof.max_length), encode_all(raw_s, tok, prof.max_length), checks
 
 # %% ../nbs/05_transfer.ipynb #37e8fac2
@@ -253,6 +259,103 @@ def write_table2(long: pd.DataFrame, reports_dir: str | Path, text: str = "") ->
                                             "(accuracy, mean $\\pm$ std over seeds); reproduced with prefixrep.", label="tab:table2"))
     return [reports_dir / f"table2.{x}" for x in ("csv", "md", "tex")]
 
+# %% ../nbs/05_transfer.ipynb #e5d111f3
+DIAGNOSIS_METHODS = ("frozen_probe", "frozen_probe_all", "frozen_long")
+
+def long_length_of(model) -> int:
+    "The longest input the backbone takes: its position table, less RoBERTa's 2 offset positions, at most 512."
+    n = model.config.max_position_embeddings
+    return min(512, n - 2 if model.config.model_type in ("roberta", "xlm-roberta", "camembert") else n)
+
+def truncated_share(longer: Sequence[Encoded], max_length: int) -> float:
+    "Share of views longer than `max_length` tokens, from their encoding at a longer length."
+    lens = [len(v) for e in longer for v in e.input_ids]
+    return float(np.mean([n > max_length for n in lens])) if lens else 0.0
+
+def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
+                    backbone=None, device="auto", long_length: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) the two diagnosis units of the frozen row for every target (see above); returns their records.
+    `long_length`: the longer max length (default `long_length_of` the backbone)."""
+    p = check_params(seed, profile, data_dir, results_dir, cache_dir, None, backbone, device)
+    prof, data_dir, store = p["profile"], p["data_dir"], Store(p["results_dir"], p["cache_dir"])
+    key = profile_key(prof, data_dir)
+    model, tok = load_backbone(prof.backbone)
+    enc, pad = PrefixEncoder(model.to(p["device"]), prof.prefix_length), tok.pad_token_id
+    L = long_length or long_length_of(model)
+    raw_t, _, _ = prepare_raw(prof, data_dir)
+    raw_all, _, checks_all = prepare_raw(prof, data_dir, replace(prof, target_train_rows=None))
+    short, longer, every = (encode_all(r, tok, n) for r, n in ((raw_t, prof.max_length), (raw_t, L), (raw_all, prof.max_length)))
+    rep, records = representation_id(enc), []
+    def probe(method: str, t: str, splits: dict, out: dict) -> dict:
+        cfg = {"method": method, "task": t, "representation": rep, "wds": list(PROBE_WDS), "v": 1,
+               "rows": config_hash([data_hash(splits[s]) for s in ("train", "dev", "test")]), **key,
+               **dtype_key(prof.extract_dtype)}
+        def work() -> dict:
+            feats = {s: cached_features(enc, t, s, splits[s], store, pad, key, prof.eval_batch, progress, prof.extract_dtype)
+                     for s in ("train", "dev", "test")}
+            return {**linear_probe(feats, t), **out}
+        return store.ledger.run(cfg, work)
+    for t in prof.target_tasks:
+        cut = truncated_share(longer[t]["test"], prof.max_length)
+        records.append(probe("frozen_probe", t, short[t], {"truncated": cut, "max_length": prof.max_length}))
+        if len(every[t]["train"]) > len(short[t]["train"]):  # the same probe, trained on the whole train split
+            records.append(probe("frozen_probe_all", t, every[t], {"train_rows": len(every[t]["train"]),
+                                 "chance": checks_all["chance"][t], "n_test": checks_all["n_test"][t]}))
+        if cut > 0 and L > prof.max_length:
+            records.append(score_target(enc, "frozen_long", t, longer[t], prof, seed, store, pad, key, progress=progress,
+                                        extra={"max_length": L}))
+    return pd.DataFrame(records)
+
+def diagnosis_table(ledger: pd.DataFrame, long: pd.DataFrame, prof: Profile, data_dir, checks: dict) -> pd.DataFrame:
+    """Per target (%): chance, the frozen row of Table 2, the linear probe, the share of test inputs the max length
+    truncates, and the head on longer inputs (mean over its seeds), from the ledger."""
+    cols = ["chance", "frozen", "probe", "probe_all", "chance_all", "rows_all", "truncated", "long", "long_seeds"]
+    key = profile_key(prof, data_dir)
+    if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame(columns=cols)
+    d = ledger[ledger.profile_hash.eq(key["profile_hash"]) & ledger.data.eq(key["data"]) & ledger.method.isin(DIAGNOSIS_METHODS)]
+    probe = latest_per_seed(d[d.method == "frozen_probe"], ["task"]).set_index("task")
+    every = latest_per_seed(d[d.method == "frozen_probe_all"], ["task"]).set_index("task")
+    pct = lambda df, col, t: 100 * df[col].get(t, np.nan) if col in df else np.nan
+    lng = latest_per_seed(d[d.method == "frozen_long"], ["task", "seed"]).groupby("task").score.agg(["mean", "count"])
+    m = long.set_index(["method", "task"])["mean"] if len(long) else pd.Series(dtype=float)
+    rows = {t: {"chance": 100 * checks["chance"][t], "frozen": m.get(("frozen", t), np.nan),
+                "probe": pct(probe, "score", t), "probe_all": pct(every, "score", t), "chance_all": pct(every, "chance", t),
+                "rows_all": every.train_rows.get(t, np.nan) if "train_rows" in every else np.nan,
+                "truncated": pct(probe, "truncated", t),
+                "long": 100 * lng["mean"].get(t, np.nan), "long_seeds": int(lng["count"].get(t, 0))}
+            for t in prof.target_tasks if t in checks.get("chance", {})}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+
+def diagnosis_lines(diag: pd.DataFrame, max_length: int) -> list[str]:
+    "The diagnosis as sentences, for the targets where the frozen row does not beat chance."
+    if diag.empty or diag.probe.isna().all(): return []
+    below = diag[diag.frozen.round(6) <= diag.chance.round(6)]
+    if below.empty: return ["The frozen row beats chance on every target: nothing to diagnose."]
+    def beats(col: str, base: str = "chance") -> list[str]:
+        return [t for t, r in below.iterrows() if pd.notna(r[col]) and round(r[col], 6) > round(r[base], 6)]
+    def verdict(col: str, base: str = "chance") -> str:
+        ok, n = beats(col, base), int(below[col].notna().sum())
+        return f"above chance on {len(ok)} of {n}" + (f" ({', '.join(ok)})." if ok else ".")
+    def scores(col: str, base: str = "chance") -> str:
+        return ", ".join(f"{t} {r[col]:.1f} (chance {r[base]:.1f})" for t, r in below.iterrows() if pd.notna(r[col]))
+    out = [f"Where the frozen row does not beat chance, a linear probe on the same frozen states scores "
+           f"{scores('probe')}: {verdict('probe')}"]
+    if below.probe_all.notna().any():
+        out.append("Trained on the whole train split (" + ", ".join(f"{t} {int(r.rows_all)} rows" for t, r in below.iterrows()
+                   if pd.notna(r.rows_all)) + f"), the probe scores {scores('probe_all', 'chance_all')}: "
+                   f"{verdict('probe_all', 'chance_all')}")
+    long_txt = ", ".join(f"{t} {r.long:.1f}" for t, r in below.iterrows() if pd.notna(r.long))
+    out.append(f"{max_length} tokens truncate " + ", ".join(f"{t} {r.truncated:.0f}%" for t, r in below.iterrows())
+               + " of the test inputs" + (f"; with the backbone's longest inputs the target head scores {long_txt} (mean "
+               f"over seeds): {verdict('long')}" if long_txt else "."))
+    found = set(beats("probe")) | set(beats("probe_all", "chance_all")) | set(beats("long"))
+    neither = [t for t in below.index if t not in found]
+    if neither:
+        out.append(f"So on {', '.join(neither)} neither a simpler reader, nor more target data, nor longer inputs find a "
+                   "signal: the frozen representation of this backbone does not carry one. This is a finding about the "
+                   "backbone, not a fault of the target head, of the row cap or of truncation.")
+    return out
+
 # %% ../nbs/05_transfer.ipynb #d38a4206
 def describe_deviations(prof: Profile, data_dir) -> list[str]:
     "The ways this run differs from the paper, as sentences (from the profile and the task registry)."
@@ -363,12 +466,21 @@ def sanity_lines(long: pd.DataFrame, checks: dict) -> list[str]:
                    f"overlap filter: {', '.join(dropped) or 'none'}.")
     return out
 
-def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_dir, checks: dict | None = None) -> str:
-    "The prose of the Table 2 report: claims, sanity checks (given `checks`), deviations, seeds and wall time, all computed."
+def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_dir, checks: dict | None = None,
+                diagnosis: pd.DataFrame | None = None) -> str:
+    """The prose of the Table 2 report: claims, sanity checks (given `checks`) and the frozen row's diagnosis (given
+    `diagnosis_table`), deviations, seeds and wall time, all computed."""
     hours, seeds = table2_compute_hours(ledger, prof, data_dir)
     lines = [f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds}; every number is the mean ± std over "
              f"seeds of ledger records in `results/ledger/` (config hash in each record). Total recorded compute: "
              f"{hours:.2f} h of wall time.", "", "**Claims**", ""] + [f"- {c}" for c in claims(long)]
     if checks: lines += ["", "**Sanity checks**", ""] + [f"- {c}" for c in sanity_lines(long, checks)]
+    if diagnosis is not None and len(diag := diagnosis_lines(diagnosis, prof.max_length)):
+        lines += [f"- {c}" for c in diag] + ["", "Diagnosis of the frozen row (%; `probe`: linear probe on the same "
+                  "states, one deterministic record; `probe_all`: the same probe trained on all `rows_all` train rows, "
+                  "scored on test rows whose chance is `chance_all` (the overlap filter may drop a few more); "
+                  "`truncated`: test inputs longer than the max length; `long`: target head on the backbone's longest "
+                  "inputs, mean over `long_seeds` seeds):", "",
+                  diagnosis.to_markdown(floatfmt=".1f")]
     lines += ["", "**Deviations from the paper**", ""] + [f"- {d}" for d in describe_deviations(prof, data_dir)]
     return "\n".join(lines)

@@ -49,6 +49,13 @@ def test_papermill_smoke_writes_table2_into_a_temp_dir(tmp_path, data_dir):
     scores = led[led.method == "prefix"].set_index("task").score * 100
     got = t2[(t2.method == "prefix") & (t2.task != "Avg")].set_index("task")["mean"]
     assert (abs(got - scores[got.index]) < 1e-3).all()
+    # the frozen row's diagnosis: one seed-free linear probe per target, recording how much the max length truncates
+    probes = led[led.method == "frozen_probe"]
+    assert sorted(probes.task) == sorted(set(t2.task) - {"Avg"}) and probes.truncated.between(0, 1).all()
+    assert probes.seed.isna().all() and probes.score.between(0, 1).all()
+    assert (led.method == "frozen_long").sum() == (probes.truncated > 0).sum()
+    every = led[led.method == "frozen_probe_all"]  # the probe on whole train splits (smoke caps them at 32 rows)
+    assert len(every) and (every.train_rows > 32).all() and every.chance.between(0, 1).all()
     assert not_written_by_smoke(reports, ROOT / "reports") and not_written_by_smoke(results, ROOT / "results"), \
         "CI must not write to reports/ or results/"
 
