@@ -25,7 +25,8 @@ from .training import MLPHead, device_of, encoder_states, group_logits, head_out
 # %% auto #0
 __all__ = ['KEEP_EVAL_BYTES', 'PROBE_WDS', 'Features', 'tensor_hash', 'representation_id', 'extract_features', 'cached_features',
            'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right', 'head_accuracy',
-           'train_target_head', 'pooled_states', 'fit_probe', 'probe_accuracy', 'linear_probe', 'score_target']
+           'train_target_head', 'pooled_states', 'fit_probe', 'probe_predictions', 'probe_accuracy', 'linear_probe',
+           'score_target']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -197,7 +198,7 @@ def fit_probe(x: torch.Tensor, feats: Features, task: Task, wd: float, max_iter:
     lin = nn.Linear(x.shape[1], head_outputs(task))
     nn.init.zeros_(lin.weight); nn.init.zeros_(lin.bias)
     opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-    def closure():
+    def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = F.cross_entropy(group_logits(lin(x), feats.n_views, task), feats.labels) + wd * lin.weight.pow(2).sum()
         loss.backward()
@@ -206,24 +207,32 @@ def fit_probe(x: torch.Tensor, feats: Features, task: Task, wd: float, max_iter:
     return lin
 
 @torch.no_grad()
+def probe_predictions(lin: nn.Linear, x: torch.Tensor, feats: Features, task: Task) -> list[int]:
+    "The probe's predicted class (or view) per example."
+    return group_logits(lin(x), feats.n_views, task).argmax(-1).tolist()
+
 def probe_accuracy(lin: nn.Linear, x: torch.Tensor, feats: Features, task: Task) -> float:
-    pred = group_logits(lin(x), feats.n_views, task).argmax(-1).tolist()
-    return n_right(pred, feats, range(len(feats))) / max(len(feats), 1)
+    "Accuracy of a fitted probe on pooled states `x` of `feats`."
+    return n_right(probe_predictions(lin, x, feats, task), feats, range(len(feats))) / max(len(feats), 1)
 
 def linear_probe(feats: dict[str, Features], task: str, wds: Sequence[float] = PROBE_WDS) -> dict:
-    "Dev-selected linear probe on cached train/dev/test features: {'dev', 'score' (test), 'train', 'wd'}."
+    """Dev-selected linear probe on cached train/dev/test features: {'dev', 'score' (test), 'train', 'wd', 'dev_by_wd',
+    'constant'}. `constant`: the selected probe predicts one class for every test example (it is the majority
+    guess, and scores chance by construction): no weaker weight decay did better on dev."""
     t = get_task(task)
     x = {s: pooled_states(f) for s, f in feats.items()}
     mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-6
     x = {s: (v - mu) / sd for s, v in x.items()}
-    best = None
+    best, by_wd = None, {}
     for wd in wds:
         lin = fit_probe(x["train"], feats["train"], t, wd)
-        dev = probe_accuracy(lin, x["dev"], feats["dev"], t)
+        by_wd[wd] = dev = probe_accuracy(lin, x["dev"], feats["dev"], t)
         if best is None or dev > best[0]: best = (dev, wd, lin)
     dev, wd, lin = best
+    constant = t.kind not in ("choice", "record") and len(set(probe_predictions(lin, x["test"], feats["test"], t))) == 1
     return {"dev": dev, "score": probe_accuracy(lin, x["test"], feats["test"], t), "wd": wd,
-            "train": probe_accuracy(lin, x["train"], feats["train"], t)}
+            "train": probe_accuracy(lin, x["train"], feats["train"], t), "dev_by_wd": {str(k): v for k, v in by_wd.items()},
+            "constant": constant}
 
 # %% ../nbs/04_target.ipynb #d334241c
 def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,

@@ -27,8 +27,8 @@ __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'DIAGNOSI
            'example_texts', 'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy',
            'update_profile', 'prepare_raw', 'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key',
            'run_transfer', 'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2', 'wide_table', 'write_table2',
-           'long_length_of', 'truncated_share', 'diagnose_frozen', 'diagnosis_table', 'diagnosis_lines',
-           'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines', 'report_text']
+           'long_length_of', 'truncated_share', 'diagnose_frozen', 'diagnosis_table', 'diagnosis_markdown',
+           'diagnosis_lines', 'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -273,10 +273,11 @@ def truncated_share(longer: Sequence[Encoded], max_length: int) -> float:
     return float(np.mean([n > max_length for n in lens])) if lens else 0.0
 
 def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
-                    backbone=None, device="auto", long_length: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) the two diagnosis units of the frozen row for every target (see above); returns their records.
+                    backbone=None, device="auto", long_length: int | None = None, progress: bool = True,
+                    extract_dtype: str | None = None) -> pd.DataFrame:
+    """Run (or resume) the diagnosis units of the frozen row for every target (see above); returns their records.
     `long_length`: the longer max length (default `long_length_of` the backbone)."""
-    p = check_params(seed, profile, data_dir, results_dir, cache_dir, None, backbone, device)
+    p = check_params(seed, profile, data_dir, results_dir, cache_dir, None, backbone, device, extract_dtype)
     prof, data_dir, store = p["profile"], p["data_dir"], Store(p["results_dir"], p["cache_dir"])
     key = profile_key(prof, data_dir)
     model, tok = load_backbone(prof.backbone)
@@ -287,7 +288,7 @@ def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=No
     short, longer, every = (encode_all(r, tok, n) for r, n in ((raw_t, prof.max_length), (raw_t, L), (raw_all, prof.max_length)))
     rep, records = representation_id(enc), []
     def probe(method: str, t: str, splits: dict, out: dict) -> dict:
-        cfg = {"method": method, "task": t, "representation": rep, "wds": list(PROBE_WDS), "v": 1,
+        cfg = {"method": method, "task": t, "representation": rep, "wds": list(PROBE_WDS), "v": 2,
                "rows": config_hash([data_hash(splits[s]) for s in ("train", "dev", "test")]), **key,
                **dtype_key(prof.extract_dtype)}
         def work() -> dict:
@@ -307,53 +308,81 @@ def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=No
     return pd.DataFrame(records)
 
 def diagnosis_table(ledger: pd.DataFrame, long: pd.DataFrame, prof: Profile, data_dir, checks: dict) -> pd.DataFrame:
-    """Per target (%): chance, the frozen row of Table 2, the linear probe, the share of test inputs the max length
-    truncates, and the head on longer inputs (mean over its seeds), from the ledger."""
-    cols = ["chance", "frozen", "probe", "probe_all", "chance_all", "rows_all", "truncated", "long", "long_seeds"]
+    """Per target (%): chance, the frozen row of Table 2, the linear probe (capped and whole train split; `*_const`:
+    the dev-selected probe predicts one class), the share of test inputs the max length truncates, and the head on
+    the longest inputs recorded (mean over its seeds), from the ledger. `.attrs['seconds']`: these units' wall time."""
+    cols = ["chance", "frozen", "probe", "probe_const", "probe_all", "probe_all_const", "chance_all", "rows_all",
+            "n_test_all", "truncated", "long", "long_length", "long_seeds"]
     key = profile_key(prof, data_dir)
     if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame(columns=cols)
     d = ledger[ledger.profile_hash.eq(key["profile_hash"]) & ledger.data.eq(key["data"]) & ledger.method.isin(DIAGNOSIS_METHODS)]
-    probe = latest_per_seed(d[d.method == "frozen_probe"], ["task"]).set_index("task")
-    every = latest_per_seed(d[d.method == "frozen_probe_all"], ["task"]).set_index("task")
-    pct = lambda df, col, t: 100 * df[col].get(t, np.nan) if col in df else np.nan
-    lng = latest_per_seed(d[d.method == "frozen_long"], ["task", "seed"]).groupby("task").score.agg(["mean", "count"])
+    unit = lambda m: latest_per_seed(d[d.method == m], ["task"]).set_index("task")
+    probe, every = unit("frozen_probe"), unit("frozen_probe_all")
+    def get(df: pd.DataFrame, col: str, t: str, scale: float = 1.0):
+        return scale * df[col].get(t, np.nan) if col in df and t in df.index else np.nan
+    lng = d[d.method == "frozen_long"]
+    if len(lng): lng = latest_per_seed(lng[lng.max_length == lng.groupby("task").max_length.transform("max")], ["task", "seed"])
+    lng = lng.groupby("task").agg(mean=("score", "mean"), count=("score", "size"), length=("max_length", "max")) if len(lng) \
+        else pd.DataFrame(columns=["mean", "count", "length"])
     m = long.set_index(["method", "task"])["mean"] if len(long) else pd.Series(dtype=float)
     rows = {t: {"chance": 100 * checks["chance"][t], "frozen": m.get(("frozen", t), np.nan),
-                "probe": pct(probe, "score", t), "probe_all": pct(every, "score", t), "chance_all": pct(every, "chance", t),
-                "rows_all": every.train_rows.get(t, np.nan) if "train_rows" in every else np.nan,
-                "truncated": pct(probe, "truncated", t),
-                "long": 100 * lng["mean"].get(t, np.nan), "long_seeds": int(lng["count"].get(t, 0))}
+                "probe": get(probe, "score", t, 100), "probe_const": get(probe, "constant", t),
+                "probe_all": get(every, "score", t, 100), "probe_all_const": get(every, "constant", t),
+                "chance_all": get(every, "chance", t, 100), "rows_all": get(every, "train_rows", t),
+                "n_test_all": get(every, "n_test", t), "truncated": get(probe, "truncated", t, 100),
+                "long": get(lng, "mean", t, 100), "long_length": get(lng, "length", t), "long_seeds": get(lng, "count", t)}
             for t in prof.target_tasks if t in checks.get("chance", {})}
-    return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+    out = out.astype({**{c: "Int64" for c in ("rows_all", "n_test_all", "long_length", "long_seeds")},
+                      **{c: "boolean" for c in ("probe_const", "probe_all_const")}})
+    out.attrs["seconds"] = float(d.seconds.sum())
+    return out
+
+def diagnosis_markdown(diag: pd.DataFrame) -> str:
+    "`diagnosis_table` as Markdown: scores to 0.1, counts as integers, flags as yes/no, missing as '–'."
+    def cell(v) -> str:
+        if pd.isna(v): return "–"
+        if isinstance(v, (bool, np.bool_)): return "yes" if v else "no"
+        return f"{v:.1f}" if isinstance(v, (float, np.floating)) else str(v)
+    return diag.astype(object).map(cell).to_markdown(disable_numparse=True)
 
 def diagnosis_lines(diag: pd.DataFrame, max_length: int) -> list[str]:
-    "The diagnosis as sentences, for the targets where the frozen row does not beat chance."
-    if diag.empty or diag.probe.isna().all(): return []
-    below = diag[diag.frozen.round(6) <= diag.chance.round(6)]
+    """The diagnosis as sentences, for the targets where the frozen row does not beat chance. A score beats chance
+    only if it is above it (a tie does not), as in `sanity_lines`."""
+    if diag.empty or diag.probe.isna().all() or diag.frozen.isna().all(): return []
+    below = diag[diag.frozen.notna() & (diag.frozen.round(6) <= diag.chance.round(6))]
     if below.empty: return ["The frozen row beats chance on every target: nothing to diagnose."]
     def beats(col: str, base: str = "chance") -> list[str]:
         return [t for t, r in below.iterrows() if pd.notna(r[col]) and round(r[col], 6) > round(r[base], 6)]
     def verdict(col: str, base: str = "chance") -> str:
         ok, n = beats(col, base), int(below[col].notna().sum())
-        return f"above chance on {len(ok)} of {n}" + (f" ({', '.join(ok)})." if ok else ".")
+        return f"above chance on {len(ok)} of {n}" + (f" ({', '.join(ok)})" if ok else "")
     def scores(col: str, base: str = "chance") -> str:
         return ", ".join(f"{t} {r[col]:.1f} (chance {r[base]:.1f})" for t, r in below.iterrows() if pd.notna(r[col]))
+    def const(col: str) -> str:
+        ts = [t for t, r in below.iterrows() if pd.notna(r[col]) and bool(r[col])]
+        return (f"; on {', '.join(ts)} the dev-selected probe predicts one class for every test example, i.e. no "
+                "probe that reads the states did better on dev than the majority guess") if ts else ""
     out = [f"Where the frozen row does not beat chance, a linear probe on the same frozen states scores "
-           f"{scores('probe')}: {verdict('probe')}"]
+           f"{scores('probe')}: {verdict('probe')}{const('probe_const')}."]
     if below.probe_all.notna().any():
-        out.append("Trained on the whole train split (" + ", ".join(f"{t} {int(r.rows_all)} rows" for t, r in below.iterrows()
+        out.append("Trained on the whole train split (" + ", ".join(f"{t} {r.rows_all} rows" for t, r in below.iterrows()
                    if pd.notna(r.rows_all)) + f"), the probe scores {scores('probe_all', 'chance_all')}: "
-                   f"{verdict('probe_all', 'chance_all')}")
+                   f"{verdict('probe_all', 'chance_all')}{const('probe_all_const')}.")
+    cut = ", ".join(f"{t} {r.truncated:.0f}%" for t, r in below.iterrows() if pd.notna(r.truncated))
     long_txt = ", ".join(f"{t} {r.long:.1f}" for t, r in below.iterrows() if pd.notna(r.long))
-    out.append(f"{max_length} tokens truncate " + ", ".join(f"{t} {r.truncated:.0f}%" for t, r in below.iterrows())
-               + " of the test inputs" + (f"; with the backbone's longest inputs the target head scores {long_txt} (mean "
-               f"over seeds): {verdict('long')}" if long_txt else "."))
+    if cut or long_txt:
+        out.append((f"{max_length} tokens truncate {cut} of the test inputs" if cut else "")
+                   + (("; w" if cut else "W") + f"ith inputs up to {int(below.long_length.max())} tokens the target head "
+                      f"scores {long_txt} (mean over seeds): {verdict('long')}" if long_txt else "") + ".")
+    # a target's verdict needs every check that applies: both probes, and the longer inputs where any were truncated
+    complete = below.probe.notna() & below.probe_all.notna() & (below.long.notna() | below.truncated.eq(0))
     found = set(beats("probe")) | set(beats("probe_all", "chance_all")) | set(beats("long"))
-    neither = [t for t in below.index if t not in found]
-    if neither:
-        out.append(f"So on {', '.join(neither)} neither a simpler reader, nor more target data, nor longer inputs find a "
-                   "signal: the frozen representation of this backbone does not carry one. This is a finding about the "
-                   "backbone, not a fault of the target head, of the row cap or of truncation.")
+    none = [t for t in below.index if complete[t] and t not in found]
+    if none:
+        out.append(f"So on {', '.join(none)} no check scores above chance: at these test sizes, neither a linear reader "
+                   "of the same states, nor more target data, nor longer inputs find a signal in this backbone's frozen "
+                   "representation. The failing sanity check is not explained by the target head, the row cap or truncation.")
     return out
 
 # %% ../nbs/05_transfer.ipynb #d38a4206
@@ -476,11 +505,13 @@ def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_di
              f"{hours:.2f} h of wall time.", "", "**Claims**", ""] + [f"- {c}" for c in claims(long)]
     if checks: lines += ["", "**Sanity checks**", ""] + [f"- {c}" for c in sanity_lines(long, checks)]
     if diagnosis is not None and len(diag := diagnosis_lines(diagnosis, prof.max_length)):
-        lines += [f"- {c}" for c in diag] + ["", "Diagnosis of the frozen row (%; `probe`: linear probe on the same "
-                  "states, one deterministic record; `probe_all`: the same probe trained on all `rows_all` train rows, "
-                  "scored on test rows whose chance is `chance_all` (the overlap filter may drop a few more); "
-                  "`truncated`: test inputs longer than the max length; `long`: target head on the backbone's longest "
-                  "inputs, mean over `long_seeds` seeds):", "",
-                  diagnosis.to_markdown(floatfmt=".1f")]
+        lines += ["", "**Diagnosis of the frozen row**", ""] + [f"- {c}" for c in diag] + ["", "Per target (%; `probe`: "
+                  "linear probe on the same states, one deterministic record; `*_const`: the dev-selected probe predicts "
+                  "one class on test; `probe_all`: the same probe trained on all `rows_all` train rows, scored on the "
+                  "`n_test_all` test rows left when the overlap filter also checks that larger train split, whose chance is "
+                  "`chance_all`; `truncated`: test inputs longer than the max length; `long`: the target head on inputs up "
+                  "to `long_length` tokens, mean over `long_seeds` seeds). These units took "
+                  f"{diagnosis.attrs.get('seconds', 0) / 60:.0f} min of recorded wall time, not counted above.", "",
+                  diagnosis_markdown(diagnosis)]
     lines += ["", "**Deviations from the paper**", ""] + [f"- {d}" for d in describe_deviations(prof, data_dir)]
     return "\n".join(lines)
