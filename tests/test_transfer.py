@@ -43,6 +43,7 @@ def test_papermill_smoke_writes_table2_into_a_temp_dir(tmp_path, data_dir):
     assert (t2.n_seeds == 1).all() and t2["mean"].between(0, 100).all()
     md = (tmp_path / "rep" / "table2.md").read_text()
     assert "Deviations from the paper" in md and "Prefix-based training" in md
+    assert "**Diagnosis of the frozen row**" in md and "probe_const" in md  # the diagnosis section and its table
     assert (tmp_path / "rep" / "table2.tex").exists()
     # every number in the table comes from a ledger record
     led = pd.DataFrame([json.loads(p.read_text()) for p in (tmp_path / "res" / "ledger").glob("*.json")])
