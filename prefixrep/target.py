@@ -217,8 +217,8 @@ def probe_accuracy(lin: nn.Linear, x: torch.Tensor, feats: Features, task: Task)
 
 def linear_probe(feats: dict[str, Features], task: str, wds: Sequence[float] = PROBE_WDS) -> dict:
     """Dev-selected linear probe on cached train/dev/test features: {'dev', 'score' (test), 'train', 'wd', 'dev_by_wd',
-    'constant'}. `constant`: the selected probe predicts one class for every test example (it is the majority
-    guess, and scores chance by construction): no weaker weight decay did better on dev."""
+    'constant'}. `constant`: the selected probe predicts one class for every test example (a majority guess; it
+    scores chance where train and test share their majority class): no weaker weight decay did better on dev."""
     t = get_task(task)
     x = {s: pooled_states(f) for s, f in feats.items()}
     mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-6
