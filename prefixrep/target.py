@@ -23,10 +23,10 @@ from .data import Encoded, Task, bucket_batches, get_task
 from .training import MLPHead, device_of, encoder_states, group_logits, head_outputs
 
 # %% auto #0
-__all__ = ['KEEP_EVAL_BYTES', 'PROBE_WDS', 'Features', 'tensor_hash', 'representation_id', 'extract_features', 'cached_features',
-           'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right', 'head_accuracy',
-           'train_target_head', 'pooled_states', 'fit_probe', 'probe_predictions', 'probe_accuracy', 'linear_probe',
-           'score_target']
+__all__ = ['KEEP_EVAL_BYTES', 'PROBE_WDS', 'SPLITS', 'Features', 'tensor_hash', 'representation_id', 'extract_features',
+           'cached_features', 'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right',
+           'head_accuracy', 'train_target_head', 'pooled_states', 'fit_probe', 'probe_predictions', 'probe_accuracy',
+           'linear_probe', 'split_rows_hash', 'split_features', 'score_target']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -235,6 +235,18 @@ def linear_probe(feats: dict[str, Features], task: str, wds: Sequence[float] = P
             "constant": constant}
 
 # %% ../nbs/04_target.ipynb #d334241c
+SPLITS = ("train", "dev", "test")
+
+def split_rows_hash(splits: dict[str, list[Encoded]]) -> str:
+    "Content hash of a target's train/dev/test rows: part of the key of every unit scored on them."
+    return config_hash([data_hash(splits[s]) for s in SPLITS])
+
+def split_features(encoder, task: str, splits: dict[str, list[Encoded]], store: Store, pad_id: int, data_key: dict,
+                   profile: Profile, progress: bool = False) -> dict[str, Features]:
+    "The cached fixed representations of a target's train/dev/test splits (computed only where missing)."
+    return {s: cached_features(encoder, task, s, splits[s], store, pad_id, data_key, profile.eval_batch, progress,
+                               profile.extract_dtype) for s in SPLITS}
+
 def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,
                  store: Store, pad_id: int, data_key: dict, extra: dict | None = None, progress: bool = False,
                  representation: str | None = None) -> dict:
@@ -249,12 +261,9 @@ def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded
     cfg = {"method": method, "task": task, "seed": seed, "representation": representation,
            "prefixes": [] if lazy else sorted(encoder.active), "head_epochs": profile.head_epochs, "head_lr": profile.head_lr,
            "head_batch": profile.head_batch, "profile": profile.name, "backbone": profile.backbone,
-           "rows": config_hash([data_hash(splits[s]) for s in ("train", "dev", "test")]), "v": 1, **data_key, **(extra or {}),
+           "rows": split_rows_hash(splits), "v": 1, **data_key, **(extra or {}),
            **dtype_key(profile.extract_dtype)}
     def work() -> dict:
-        enc = encoder() if lazy else encoder
-        feats = {s: cached_features(enc, task, s, splits[s], store, pad_id, data_key, profile.eval_batch, progress,
-                                    profile.extract_dtype)
-                 for s in ("train", "dev", "test")}
+        feats = split_features(encoder() if lazy else encoder, task, splits, store, pad_id, data_key, profile, progress)
         return train_target_head(feats, task, profile, seed, progress)
     return store.ledger.run(cfg, work)

@@ -16,10 +16,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import dtype_key, Profile, Store, config_hash, data_hash, get_device, get_profile
+from .core import dtype_key, Profile, Store, config_hash, get_device, get_profile
 from .data import Encoded, encode, get_task, load_task, resolve_data_dir
 from .prefix import PrefixEncoder, load_backbone
-from .target import PROBE_WDS, cached_features, linear_probe, representation_id, score_target
+from .target import PROBE_WDS, linear_probe, representation_id, score_target, split_features, split_rows_hash
 from .training import finetune_target, multitask_unit, train_multitask, train_source_prefix
 
 # %% auto #0
@@ -289,12 +289,10 @@ def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=No
     rep, records = representation_id(enc), []
     def probe(method: str, t: str, splits: dict, out: dict) -> dict:
         cfg = {"method": method, "task": t, "representation": rep, "wds": list(PROBE_WDS), "v": 3,
-               "rows": config_hash([data_hash(splits[s]) for s in ("train", "dev", "test")]), **key,
+               "rows": split_rows_hash(splits), **key,
                **dtype_key(prof.extract_dtype)}
         def work() -> dict:
-            feats = {s: cached_features(enc, t, s, splits[s], store, pad, key, prof.eval_batch, progress, prof.extract_dtype)
-                     for s in ("train", "dev", "test")}
-            return {**linear_probe(feats, t), **out}
+            return {**linear_probe(split_features(enc, t, splits, store, pad, key, prof, progress), t), **out}
         return store.ledger.run(cfg, work)
     for t in prof.target_tasks:
         cut = truncated_share(longer[t]["test"], prof.max_length)
