@@ -23,6 +23,7 @@ setuptools.setup(
     python_requires=f">={cfg['min_python']}",
     packages=setuptools.find_packages(include=["prefixrep", "prefixrep.*"]),
     include_package_data=True,
+    package_data={"prefixrep": ["pretrained/*/*"]},  # the shipped prefix libraries (nbs/10_library.ipynb)
     install_requires=cfg["requirements"].split(),
     extras_require={"dev": cfg["dev_requirements"].split()},
     entry_points={"console_scripts": cfg["console_scripts"].split(), "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .core import EXTRACT_DTYPES, PROFILES
+from .core import EXTRACT_DTYPES, PROFILES, absolute_path, default_reports_dir
 from .transfer import project_root
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'find_notebooks', 'run_plan', 'run_experiment', 'parse_args', 'main']
+__all__ = ['EXPERIMENTS', 'PATH_VARIABLES', 'find_notebooks', 'run_plan', 'run_experiment', 'parse_args', 'absolute_environment',
+           'main']
 
 # %% ../nbs/08_cli.ipynb #9bcab05b
 EXPERIMENTS = {"transfer": "05_transfer.ipynb", "removal": "06_removal.ipynb", "sequential": "07_sequential.ipynb"}
@@ -55,9 +56,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
     r.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     r.add_argument("--data-dir", default=None, help="offline mirror (default: $PREFIXREP_DATA_DIR or ../shared/data)")
-    r.add_argument("--results-dir", default=None, help="ledger and prefixes (default: results/)")
-    r.add_argument("--cache-dir", default=None, help="feature caches, checkpoints (default: artifacts/)")
-    r.add_argument("--reports-dir", default=None, help="tables and figures (default: reports/)")
+    r.add_argument("--results-dir", default=None,
+                   help="ledger and prefixes (default: $PREFIXREP_RESULTS, else results/; smoke: runs/smoke/results)")
+    r.add_argument("--cache-dir", default=None, help="feature caches, checkpoints (default: $PREFIXREP_CACHE, else artifacts/)")
+    r.add_argument("--reports-dir", default=None, help="tables and figures (default: reports/; smoke: runs/smoke/reports)")
     r.add_argument("--run-dir", default="runs", help="where the executed notebooks go")
     r.add_argument("--backbone", default=None)
     r.add_argument("--device", default="auto")
@@ -66,13 +68,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     r.add_argument("--nbs", default=None, help="folder with the experiment notebooks (default: <checkout>/nbs)")
     return p.parse_args(argv)
 
+PATH_VARIABLES = ("PREFIXREP_DATA_DIR", "PREFIXREP_RESULTS", "PREFIXREP_CACHE")
+
+def absolute_environment(env: dict = os.environ) -> dict:
+    """Make the path variables in `env` absolute against the caller's working directory, in place: the notebooks
+    run in `nbs/`, where a relative `../shared/data` would name another folder. Returns what changed."""
+    changed = {v: str(absolute_path(env[v])) for v in PATH_VARIABLES if env.get(v) and not Path(env[v]).is_absolute()}
+    env.update(changed)
+    return changed
+
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `prefixrep` command."
     a = parse_args(argv)
-    nbs = find_notebooks(a.nbs)
+    absolute_environment()  # once, here, before anything runs elsewhere
+    nbs = absolute_path(find_notebooks(a.nbs))
     plan = run_plan(a.experiments, a.seeds)
-    run_dir = Path(a.run_dir) / (a.profile + ("" if a.extract_dtype in (None, "float32") else f"-{a.extract_dtype}"))
-    absolute = lambda p: str(Path(p).resolve()) if p else None  # notebooks run in nbs/: make paths absolute
+    run_dir = absolute_path(a.run_dir) / (a.profile + ("" if a.extract_dtype in (None, "float32") else f"-{a.extract_dtype}"))
+    absolute = lambda p: str(absolute_path(p)) if p else None  # notebooks run in nbs/: make paths absolute
     total = 0.0
     for i, (exp, seed) in enumerate(plan, 1):
         nb = nbs / EXPERIMENTS[exp]
@@ -83,5 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       device=a.device, extract_dtype=a.extract_dtype)
         print(f"[prefixrep] ({i}/{len(plan)})", end=" ")
         total += run_experiment(nb, run_dir / f"{exp}_seed{seed}.ipynb", params)
-    print(f"[prefixrep] all done in {total / 60:.1f} min; reports in {a.reports_dir or project_root() / 'reports'}")
+    reports = a.reports_dir or default_reports_dir(project_root(nbs), a.profile, a.extract_dtype or "float32")
+    print(f"[prefixrep] all done in {total / 60:.1f} min; reports in {reports}")
     return 0

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -19,10 +20,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'PROFILES', 'Profile', 'get_profile', 'seed_everything',
-           'get_device', 'cpuinfo', 'cpu_flags', 'fast_bf16', 'dtype_key', 'config_hash', 'atomic_write', 'write_json',
-           'torch_save', 'default_results_dir', 'default_cache_dir', 'Store', 'Ledger', 'provenance', 'cpu_model',
-           'data_hash', 'task_seed']
+__all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'PROFILES', 'SCRATCH_PROFILES', 'Profile', 'get_profile',
+           'seed_everything', 'get_device', 'cpuinfo', 'cpu_flags', 'fast_bf16', 'dtype_key', 'config_hash',
+           'atomic_write', 'write_json', 'torch_save', 'absolute_path', 'scratch_dir', 'default_results_dir',
+           'default_cache_dir', 'default_reports_dir', 'Store', 'Ledger', 'provenance', 'cpu_model', 'data_hash',
+           'task_seed']
 
 # %% ../nbs/00_core.ipynb #326b1350
 SOURCE_TASKS = ("mnli", "qnli", "qqp", "sst2", "yelp2", "record", "winogrande")
@@ -174,13 +176,32 @@ def torch_save(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda p: torch.save(obj, p))
 
 # %% ../nbs/00_core.ipynb #c511f897
-def default_results_dir() -> Path:
-    "Committed results: `$PREFIXREP_RESULTS` or `./results`."
-    return Path(os.environ.get("PREFIXREP_RESULTS", "results"))
+SCRATCH_PROFILES = ("smoke",)  # profiles whose numbers mean nothing: by default they never write into results/ or reports/
 
-def default_cache_dir() -> Path:
-    "Regenerable caches: `$PREFIXREP_CACHE` or `./artifacts`."
-    return Path(os.environ.get("PREFIXREP_CACHE", "artifacts"))
+def absolute_path(p: str | Path | None) -> Path | None:
+    "`p` with `~` expanded and made absolute against the *caller's* working directory (None stays None)."
+    return None if p in (None, "") else Path(p).expanduser().resolve()
+
+def scratch_dir(root: str | Path, profile: str) -> Path:
+    "Where a scratch profile's results and reports go by default: `<root>/runs/<profile>/` (git-ignored)."
+    return Path(root) / "runs" / profile
+
+def default_results_dir(root: str | Path = ".", profile: str = "small") -> Path:
+    """Committed results (ledger, prefixes): `$PREFIXREP_RESULTS`, else `<root>/results`; a scratch profile's
+    (`smoke`) go to `<root>/runs/smoke/results` so that a check run never writes into the committed ledger."""
+    if os.environ.get("PREFIXREP_RESULTS"): return absolute_path(os.environ["PREFIXREP_RESULTS"])
+    return (scratch_dir(root, profile) if profile in SCRATCH_PROFILES else Path(root)) / "results"
+
+def default_cache_dir(root: str | Path = ".") -> Path:
+    "Regenerable caches (feature caches, checkpoints): `$PREFIXREP_CACHE`, else `<root>/artifacts`."
+    if os.environ.get("PREFIXREP_CACHE"): return absolute_path(os.environ["PREFIXREP_CACHE"])
+    return Path(root) / "artifacts"
+
+def default_reports_dir(root: str | Path = ".", profile: str = "small", extract_dtype: str = "float32") -> Path:
+    """Tables and figures: `<root>/reports` (a bf16 run's: `reports/bfloat16/`, so the fp32 ones stay); a scratch
+    profile's go to `<root>/runs/smoke/reports`."""
+    if profile in SCRATCH_PROFILES: return scratch_dir(root, profile) / "reports"
+    return Path(root) / "reports" / ("" if extract_dtype == "float32" else extract_dtype)
 
 @dataclass
 class Store:
@@ -207,12 +228,35 @@ class Ledger:
     "One JSON record per finished unit of work, keyed by the hash of the unit's configuration."
     def __init__(self, root: str | Path): self.root = Path(root)
     def path(self, key: str) -> Path: return self.root / f"{key}.json"
-    def __contains__(self, key: str) -> bool: return self.path(key).exists()
+    def __contains__(self, key: str) -> bool: return self.get(key) is not None
 
     def get(self, key: str) -> dict | None:
-        "The record for `key`, or None if the unit has not finished."
+        "The record for `key`, or None if the unit has not finished (or its record was unreadable: see `read`)."
         p = self.path(key)
-        return json.loads(p.read_text()) if p.exists() else None
+        return self.read(p) if p.exists() else None
+
+    def read(self, p: Path) -> dict | None:
+        """One record file. An unreadable one (empty, truncated: e.g. a disk that filled up) is never deleted: it is
+        moved into `quarantine/` beside the records, with a warning naming both paths, and None is returned so that
+        its unit is recomputed. The reports list what `quarantined` finds."""
+        try: return json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            dest = self.root / "quarantine" / f"{p.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, dest)
+            warnings.warn(f"ledger record {str(p)!r} is unreadable ({type(e).__name__}: {e}); moved to {str(dest)!r}; "
+                          f"its unit will be recomputed", stacklevel=2)
+            return None
+
+    def quarantined(self) -> list[Path]:
+        "Unreadable records moved aside by `read` (kept for inspection; safe to delete once looked at)."
+        return sorted((self.root / "quarantine").glob("*.json.*"))
+
+    def quarantine_note(self) -> str:
+        "A report paragraph naming the unreadable records that were moved aside (their units recomputed); '' if none."
+        q = self.quarantined()
+        return "" if not q else (f"\n\n**Unreadable ledger records**: {len(q)} record file(s) could not be read and were "
+                                 f"moved to `{q[0].parent}` (their units were recomputed): " + ", ".join(f"`{p.name}`" for p in q) + ".")
 
     def add(self, key: str, record: dict) -> dict:
         "Record a finished unit (atomically)."
@@ -222,7 +266,7 @@ class Ledger:
 
     def records(self) -> list[dict]:
         "All records, in key order."
-        return [json.loads(p.read_text()) for p in sorted(self.root.glob("*.json"))]
+        return [r for p in sorted(self.root.glob("*.json")) if (r := self.read(p)) is not None]
 
     def frame(self):
         "All records as a pandas DataFrame."

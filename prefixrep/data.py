@@ -108,8 +108,10 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     "The mirror directory to use: the argument, else `$PREFIXREP_DATA_DIR`, else None (= the Hub)."
     d = data_dir if data_dir not in (None, "") else os.environ.get(DATA_ENV) or None
     if d is None: return None
-    d = Path(d).expanduser()
-    if not d.is_dir(): raise FileNotFoundError(f"Data mirror directory {str(d)!r} does not exist (from data_dir or ${DATA_ENV})")
+    d = Path(d).expanduser().resolve()  # relative paths count from the caller's working directory (`prefixrep run`
+    if not d.is_dir():                  # resolves them before the notebooks start in nbs/)
+        raise FileNotFoundError(f"Data mirror directory {str(d)!r} does not exist (from data_dir or ${DATA_ENV}; "
+                                f"relative paths are taken from the working directory {os.getcwd()!r})")
     return d
 
 def load_raw(task: str | Task, data_dir: str | Path | None = None) -> dict:

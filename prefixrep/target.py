@@ -25,8 +25,8 @@ from .training import MLPHead, device_of, encoder_states, group_logits, head_out
 # %% auto #0
 __all__ = ['KEEP_EVAL_BYTES', 'PROBE_WDS', 'SPLITS', 'Features', 'tensor_hash', 'representation_id', 'extract_features',
            'cached_features', 'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right',
-           'head_accuracy', 'train_target_head', 'pooled_states', 'fit_probe', 'probe_predictions', 'probe_accuracy',
-           'linear_probe', 'split_rows_hash', 'split_features', 'score_target']
+           'head_accuracy', 'fit_target_head', 'train_target_head', 'pooled_states', 'fit_probe', 'probe_predictions',
+           'probe_accuracy', 'linear_probe', 'split_rows_hash', 'split_features', 'score_target']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -157,10 +157,12 @@ def head_accuracy(head: TargetHead, feats: Features, task: Task, batch_size: int
         right += n_right(group_logits(head(states, mask), nv, task).argmax(-1).tolist(), feats, idx)
     return right / max(len(feats), 1)
 
-def train_target_head(feats: dict[str, Features], task: str, profile: Profile, seed: int,
-                      progress: bool = False) -> dict:
-    "Train a `TargetHead` on cached train features; returns dev (best epoch) and test accuracy of that epoch."
-    t = get_task(task)
+def fit_target_head(feats: dict[str, Features], task: str | Task, profile: Profile, seed: int,
+                    progress: bool = False) -> tuple[TargetHead, float, int]:
+    """Train a `TargetHead` on cached `feats["train"]` for `profile.head_epochs` epochs; keep the epoch with the best
+    accuracy on `feats["dev"]`. Returns (head at that epoch, its dev accuracy, the epoch). `task`: a registry name or
+    any `Task` (its `kind` and `num_labels` shape the head)."""
+    t = get_task(task) if isinstance(task, str) else task
     g = seed_everything(seed)
     hidden = feats["train"].tokens.shape[1]
     head = TargetHead(hidden, head_outputs(t))
@@ -168,7 +170,7 @@ def train_target_head(feats: dict[str, Features], task: str, profile: Profile, s
     tr = feats["train"]
     lengths = tr.lengths[tr.first_view[:-1]].tolist()
     best, dev_batches = (-1.0, -1, None), keep_eval_batches(feats["dev"])
-    for epoch in tqdm(range(profile.head_epochs), desc=f"target head {task}", disable=not progress, mininterval=5):
+    for epoch in tqdm(range(profile.head_epochs), desc=f"target head {t.name}", disable=not progress, mininterval=5):
         head.train()
         for idx in bucket_batches(lengths, profile.head_batch, shuffle=True, generator=g):
             states, mask, nv = tr.batch(idx)
@@ -178,7 +180,14 @@ def train_target_head(feats: dict[str, Features], task: str, profile: Profile, s
         if dev > best[0]: best = (dev, epoch, copy.deepcopy(head.state_dict()))
     del dev_batches
     head.load_state_dict(best[2])
-    return {"dev": best[0], "best_epoch": best[1], "score": head_accuracy(head, feats["test"], t)}
+    return head, best[0], best[1]
+
+def train_target_head(feats: dict[str, Features], task: str | Task, profile: Profile, seed: int,
+                      progress: bool = False) -> dict:
+    "`fit_target_head`, then the test accuracy of the dev-selected epoch: {dev, best_epoch, score}."
+    head, dev, epoch = fit_target_head(feats, task, profile, seed, progress)
+    t = get_task(task) if isinstance(task, str) else task
+    return {"dev": dev, "best_epoch": epoch, "score": head_accuracy(head, feats["test"], t)}
 
 # %% ../nbs/04_target.ipynb #65a9b9b7
 PROBE_WDS = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)  # strongest first: a dev tie keeps the more regularised probe

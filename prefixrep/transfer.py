@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import dtype_key, Profile, Store, config_hash, get_device, get_profile
+from .core import (Profile, Store, absolute_path, config_hash, default_cache_dir, default_reports_dir,
+                            default_results_dir, dtype_key, get_device, get_profile)
 from .data import Encoded, encode, get_task, load_task, resolve_data_dir
 from .prefix import PrefixEncoder, load_backbone
 from .target import PROBE_WDS, linear_probe, representation_id, score_target, split_features, split_rows_hash
@@ -60,11 +61,13 @@ def check_params(seed, profile, data_dir=None, results_dir=None, cache_dir=None,
         data_dir = root.parent / "shared" / "data"
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {device!r}")
+    # given paths win, then $PREFIXREP_RESULTS / $PREFIXREP_CACHE, then the checkout's folders; a smoke run's
+    # results and reports default to runs/smoke/ (git-ignored), never the committed results/ and reports/
     return dict(seed=int(seed), profile=prof, data_dir=resolve_data_dir(data_dir),
-                results_dir=Path(results_dir) if results_dir else root / "results",
-                cache_dir=Path(cache_dir) if cache_dir else root / "artifacts",
-                reports_dir=Path(reports_dir) if reports_dir else root / "reports" / ("" if prof.extract_dtype == "float32" else prof.extract_dtype),
-                device=get_device(device))  # a bf16 run's reports default to reports/bfloat16/: the fp32 ones stay
+                results_dir=absolute_path(results_dir) or default_results_dir(root, prof.name),
+                cache_dir=absolute_path(cache_dir) or default_cache_dir(root),
+                reports_dir=absolute_path(reports_dir) or default_reports_dir(root, prof.name, prof.extract_dtype),
+                device=get_device(device))
 
 # %% ../nbs/05_transfer.ipynb #78c99ed8
 def _norm(s: str | None) -> str:

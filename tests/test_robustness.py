@@ -65,12 +65,4 @@ def test_same_seed_gives_the_same_numbers(tmp_path, data_dir):
     a, b = run("a"), run("b")
     assert a.equals(b)
 
-
-def test_command_line_runs_the_transfer_notebook(tmp_path, data_dir, capsys):
-    from prefixrep.cli import main
-    rc = main(["run", "--profile", "smoke", "--experiments", "transfer", "--seeds", "0", "--data-dir", str(data_dir),
-               "--results-dir", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"),
-               "--reports-dir", str(tmp_path / "rep"), "--run-dir", str(tmp_path / "runs")])
-    assert rc == 0 and (tmp_path / "rep" / "table2.csv").exists()
-    assert (tmp_path / "runs" / "smoke" / "transfer_seed0.ipynb").exists()
-    assert "all done" in capsys.readouterr().out
+# The command line's own run: tests/test_newcomer.py (relative environment paths, a fresh clone left clean).
