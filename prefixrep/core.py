@@ -20,16 +20,17 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'PROFILES', 'SCRATCH_PROFILES', 'Profile', 'get_profile',
-           'seed_everything', 'get_device', 'cpuinfo', 'cpu_flags', 'fast_bf16', 'dtype_key', 'config_hash',
-           'atomic_write', 'write_json', 'torch_save', 'absolute_path', 'scratch_dir', 'default_results_dir',
-           'default_cache_dir', 'default_reports_dir', 'Store', 'Ledger', 'provenance', 'cpu_model', 'data_hash',
-           'task_seed']
+__all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'EVAL_POLICIES', 'PROFILES', 'SCRATCH_PROFILES', 'Profile',
+           'get_profile', 'seed_everything', 'get_device', 'cpuinfo', 'cpu_flags', 'fast_bf16', 'eval_key', 'dtype_key',
+           'config_hash', 'atomic_write', 'write_json', 'torch_save', 'absolute_path', 'scratch_dir',
+           'default_results_dir', 'default_cache_dir', 'default_reports_dir', 'Store', 'Ledger', 'provenance',
+           'cpu_model', 'data_hash', 'task_seed']
 
 # %% ../nbs/00_core.ipynb #326b1350
 SOURCE_TASKS = ("mnli", "qnli", "qqp", "sst2", "yelp2", "record", "winogrande")
 TARGET_TASKS = ("rte", "mrpc", "cr", "mr", "mpqa", "boolq", "multirc", "cosmosqa")
 EXTRACT_DTYPES = ("float32", "bfloat16")  # how fixed representations may be computed (see `fast_bf16`)
+EVAL_POLICIES = ("paper", "pool")         # how target dev/test sets are made (see `Profile.eval_policy`)
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 @dataclass(frozen=True)
@@ -70,6 +71,13 @@ class Profile:
     # Table 3 (removal) and Figure 2 (sequential addition): target rows may be fewer than Table 2's
     update_train_rows: int | None = None  # target train cap for these experiments (None = target_train_rows)
     update_eval_rows: int | None = None   # dev/test cap for these experiments (None = eval_rows)
+    # target evaluation sets: "paper" = the paper's split policy, dev/test capped at eval_rows; "pool" = every labelled
+    # row outside the target train budget is evaluation data, cut into dev_rows + test_rows (nbs/01_data.ipynb)
+    eval_policy: str = "paper"
+    dev_rows: int | None = None         # pool policy: dev rows per target (at least min_dev_rows where the pool allows)
+    test_rows: int | None = None        # pool policy: test rows per target (None = the rest of the pool)
+    min_dev_rows: int = 300             # pool policy: dev is never cut below this to make test larger
+    update_eval_policy: str | None = None  # Table 3 / Figure 2's policy (None = eval_policy)
     sequential_budgets: tuple = (2000, 10000)  # training steps per round (Figure 2 panels)
     sequential_orders: tuple = (0, 1, 2, 3, 4, 5, 6, 7)  # which of Appendix B.1's 8 orders to run
     eval_batch: int = 64
@@ -80,6 +88,9 @@ class Profile:
     def __post_init__(self):
         if self.extract_dtype not in EXTRACT_DTYPES:
             raise ValueError(f"extract_dtype must be one of {EXTRACT_DTYPES}, got {self.extract_dtype!r}")
+        for f in ("eval_policy", "update_eval_policy"):
+            if getattr(self, f) not in EVAL_POLICIES + ((None,) if f == "update_eval_policy" else ()):
+                raise ValueError(f"{f} must be one of {EVAL_POLICIES}, got {getattr(self, f)!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,6 +101,7 @@ PROFILES: dict[str, Profile] = {
         name="smoke", backbone="tiny-bert", max_length=48,
         source_tasks=("mnli", "sst2", "winogrande"), target_tasks=TARGET_TASKS,
         source_train_rows=48, target_train_rows=32, eval_rows=24,
+        eval_policy="pool", dev_rows=16, test_rows=24, min_dev_rows=8, update_eval_policy="pool",
         prefix_steps=4, prefix_batch=8, head_epochs=2, head_batch=16,
         multitask_steps=6, multitask_batch=8, finetune_steps=3, finetune_batch=8,
         update_train_rows=16, update_eval_rows=16, sequential_budgets=(2, 4), sequential_orders=(0, 1, 2),
@@ -99,6 +111,8 @@ PROFILES: dict[str, Profile] = {
         name="small", backbone="minilm", max_length=128,
         source_tasks=("mnli", "qnli", "qqp", "sst2", "yelp2", "winogrande"),
         source_train_rows=8000, target_train_rows=1000, eval_rows=600,
+        eval_policy="pool", dev_rows=500, test_rows=2000, min_dev_rows=300,
+        update_eval_policy="paper",  # Table 3 / Figure 2 keep their committed splits until they are rerun
         prefix_steps=800, prefix_lr=5e-3,
         multitask_steps=2400, multitask_lr=2e-5,
         finetune_steps=200, finetune_lr=3e-5,
@@ -144,6 +158,13 @@ def fast_bf16(device: str | torch.device = "cpu") -> bool:
     device = torch.device(device)
     if device.type == "cuda": return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+def eval_key(profile: Profile) -> dict:
+    "What a unit's key says about how its target dev/test sets were made: nothing for the paper's policy (so keys "
+    "written before the pool policy existed stay valid), else the policy and its sizes."
+    if profile.eval_policy == "paper": return {}
+    return {"eval_policy": profile.eval_policy, "dev_rows": profile.dev_rows, "test_rows": profile.test_rows,
+            "min_dev_rows": profile.min_dev_rows}
 
 def dtype_key(dtype: str) -> dict:
     "What a unit's key says about how its fixed representations were computed: nothing for fp32 (so keys written "

@@ -15,7 +15,8 @@ import torch
 
 # %% auto #0
 __all__ = ['TASKS', 'DATA_ENV', 'DataSource', 'Task', 'get_task', 'resolve_data_dir', 'load_raw', 'Example', 'to_example',
-           'make_splits', 'cap_rows', 'load_task', 'split_table', 'Encoded', 'encode', 'collate', 'bucket_batches']
+           'make_splits', 'cap_rows', 'load_task', 'split_table', 'load_pool', 'cut_eval', 'Encoded', 'encode',
+           'collate', 'bucket_batches']
 
 # %% ../nbs/01_data.ipynb #c4a24059
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class DataSource:
     policy: str = "heldout"             # 'heldout': train + (last split -> 1/3 dev, 2/3 test); 'ratio': pool all splits, cut by `fractions`
     fractions: tuple = (0.6, 0.2, 0.2)  # train/dev/test fractions for the 'ratio' policy
     note: str = ""                      # what differs from the paper's data
+    pool_extra: tuple = ()              # more labelled splits that only the pool policy uses (MRPC's labelled test)
 
 @dataclass(frozen=True)
 class Task:
@@ -72,8 +74,9 @@ TASKS: dict[str, Task] = {t.name: t for t in [
        DataSource("winogrande", note="train is size l (10K), not xl (40K)")),
     # ---- target tasks
     _t("rte", "target", "NLI", "pair", 2, "2.5K", DataSource(_GLUE, "rte"), DataSource("rte")),
-    _t("mrpc", "target", "PI", "pair", 2, "3.7K", DataSource(_GLUE, "mrpc"),
-       DataSource("mrpc", note="the labelled MRPC test split is not used (paper policy: dev -> 1/3 dev, 2/3 test)")),
+    _t("mrpc", "target", "PI", "pair", 2, "3.7K", DataSource(_GLUE, "mrpc", pool_extra=("test",)),
+       DataSource("mrpc", note="the paper's policy cuts the dev split 1/3 dev, 2/3 test; the pool policy also uses the "
+                  "labelled official test split", pool_extra=("test",))),
     _t("cr", "target", "SA", "single", 2, "2.3K",
        DataSource("SetFit/SentEval-CR", splits=("train", "test"), policy="ratio", note=_SENTEVAL_NOTE),
        DataSource("cr", splits=("all",), policy="ratio", note=_SENTEVAL_NOTE)),
@@ -114,8 +117,9 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
                                 f"relative paths are taken from the working directory {os.getcwd()!r})")
     return d
 
-def load_raw(task: str | Task, data_dir: str | Path | None = None) -> dict:
-    "The task's raw splits as `datasets.Dataset`s, from the mirror if one is given, else from the Hub."
+def load_raw(task: str | Task, data_dir: str | Path | None = None, with_extra: bool = False) -> dict:
+    "The task's raw splits as `datasets.Dataset`s, from the mirror if one is given, else from the Hub (`with_extra`: "
+    "also the `pool_extra` splits)."
     from datasets import load_dataset
     task = get_task(task) if isinstance(task, str) else task
     root = resolve_data_dir(data_dir)
@@ -124,13 +128,13 @@ def load_raw(task: str | Task, data_dir: str | Path | None = None) -> dict:
         if src is None:
             raise FileNotFoundError(f"Task {task.name!r} is not available in the mirror {str(root)!r} (see its MANIFEST.md); "
                                     f"with Hub access, unset {DATA_ENV} to load {task.hub.path!r}")
-        files = {s: root / src.path / f"{s}.jsonl" for s in src.splits}
+        files = {s: root / src.path / f"{s}.jsonl" for s in src.splits + (src.pool_extra if with_extra else ())}
         missing = [str(f) for f in files.values() if not f.exists()]
         if missing: raise FileNotFoundError(f"Task {task.name!r}: missing mirror file(s) {missing}")
         return {s: load_dataset("json", data_files=str(f), split="train") for s, f in files.items()}
     src = task.hub
     try:
-        return {s: load_dataset(src.path, src.config, split=s) for s in src.splits}
+        return {s: load_dataset(src.path, src.config, split=s) for s in src.splits + (src.pool_extra if with_extra else ())}
     except Exception as e:  # offline, hub unreachable, dataset missing
         raise RuntimeError(f"Could not load task {task.name!r} from the Hugging Face Hub ({src.path!r}, {src.config!r}): "
                            f"{type(e).__name__}: {str(e)[:200]}. No mirror was given: pass data_dir=... or set "
@@ -144,6 +148,7 @@ class Example:
     label: int                          # class id, or index of the correct view
     gold: tuple = ()                    # all correct view indices (ReCoRD); empty = (label,)
     group: str | None = None            # rows with the same group stay in one split
+    rid: str = ""                       # stable row id: "<raw split>:<row number>" in the loaded data
 
 def _winogrande(r) -> Example:
     views = [(r["sentence"].replace("_", r[f"option{i}"], 1), None) for i in (1, 2)]
@@ -193,10 +198,15 @@ def _cut(n_rows: int, fractions: Sequence[float], seed: int, groups: Sequence | 
         parts[k].append(u); cum += s
     return [np.sort(np.concatenate(p)) if p else np.array([], int) for p in parts]
 
+def _examples(task: Task, rows, split: str) -> list[Example]:
+    "The labelled examples of one raw split, each with its row id (hidden test labels are -1: dropped)."
+    out = [to_example(task, r) for r in rows]
+    for i, e in enumerate(out): e.rid = f"{split}:{i}"
+    return [e for e in out if e.label >= 0]
+
 def make_splits(task: Task, raw: dict, source: DataSource, split_seed: int = 0) -> dict[str, list[Example]]:
     "Apply the split policy of `source` to the raw splits of `task`: returns {'train', 'dev', 'test'} examples."
-    exs = {s: [to_example(task, r) for r in raw[s]] for s in source.splits}
-    exs = {s: [e for e in v if e.label >= 0] for s, v in exs.items()}  # hidden test labels are -1
+    exs = {s: _examples(task, raw[s], s) for s in source.splits}
     def pick(pool, idx): return [pool[i] for i in idx]
     def grp(pool): return [e.group for e in pool] if task.group_field else None
     if source.policy == "heldout":
@@ -209,11 +219,24 @@ def make_splits(task: Task, raw: dict, source: DataSource, split_seed: int = 0) 
         return {"train": pick(pool, tr), "dev": pick(pool, dev), "test": pick(pool, test)}
     raise ValueError(f"Unknown split policy {source.policy!r} for task {task.name!r}")
 
-def cap_rows(examples: list, cap: int | None, seed: int = 0) -> list:
-    "A fixed random subset of at most `cap` examples (order kept); None = all."
+def cap_rows(examples: list, cap: int | None, seed: int = 0, grouped: bool = False) -> list:
+    """A fixed random subset of at most `cap` examples (order kept); None = all. `grouped`: whole groups (`e.group`),
+    taken in a random order while they fit, so no group is split between the subset and the rest."""
     if cap is None or len(examples) <= cap: return examples
-    idx = np.sort(np.random.default_rng(seed).choice(len(examples), cap, replace=False))
-    return [examples[i] for i in idx]
+    if not grouped:
+        idx = np.sort(np.random.default_rng(seed).choice(len(examples), cap, replace=False))
+        return [examples[i] for i in idx]
+    keep, n = set(), 0
+    for unit in _group_units(examples, seed):
+        if n + len(unit) <= cap: keep.update(unit); n += len(unit)
+    return [e for i, e in enumerate(examples) if i in keep]
+
+def _group_units(examples: Sequence[Example], seed: int) -> list[list[int]]:
+    "Indices of `examples` grouped by `e.group` (a row without one is its own group), groups in a seeded random order."
+    members: dict = {}
+    for i, e in enumerate(examples): members.setdefault(e.group if e.group is not None else ("row", i), []).append(i)
+    units = list(members.values())
+    return [units[j] for j in np.random.default_rng(seed).permutation(len(units))]
 
 # %% ../nbs/01_data.ipynb #3cf799f3
 def load_task(task: str | Task, data_dir: str | Path | None = None, split_seed: int = 0,
@@ -243,6 +266,42 @@ def split_table(data_dir: str | Path | None = None, split_seed: int = 0, tasks: 
                          source=src.path if src else "—", note=(src.note if src else "not available")))
     return pd.DataFrame(rows)
 
+# %% ../nbs/01_data.ipynb #505d8cd5
+def load_pool(task: str | Task, data_dir: str | Path | None = None, split_seed: int = 0,
+              train_rows: int | None = None) -> dict[str, list[Example]]:
+    """The pool policy's rows of `task`: {'train': the capped training rows (whole groups where rows share one),
+    'pool': every other labelled row (the train split beyond the cap, dev, test and the `pool_extra` splits)}."""
+    task = get_task(task) if isinstance(task, str) else task
+    root = resolve_data_dir(data_dir)
+    source = task.mirror if root is not None else task.hub
+    raw = load_raw(task, root, with_extra=True)
+    splits = make_splits(task, raw, source, split_seed)
+    train = cap_rows(splits["train"], train_rows, split_seed, grouped=task.group_field is not None)
+    chosen = {id(e) for e in train}
+    pool = [e for s in ("train", "dev", "test") for e in splits[s] if id(e) not in chosen]
+    pool += [e for s in source.pool_extra for e in _examples(task, raw[s], s)]
+    shared = {e.group for e in train if e.group is not None} & {e.group for e in pool if e.group is not None}
+    if shared: raise AssertionError(f"{task.name}: {len(shared)} group(s) on both sides of the train budget")
+    return {"train": train, "pool": pool}
+
+def cut_eval(pool: Sequence[Example], dev_rows: int | None, test_rows: int | None, min_dev_rows: int = 0, seed: int = 0,
+             keep=None) -> tuple[dict[str, list[Example]], dict]:
+    """Cut an evaluation `pool` into {'dev', 'test'}: whole groups in a seeded random order, rows failing `keep` (the
+    overlap filter) skipped; dev takes groups until it has `dev_rows` rows, then test until it has `test_rows` (None:
+    the rest). Where the pool runs out first, dev hands its last groups to test while it keeps `min_dev_rows`.
+    Returns the splits (rows in pool order) and {'examined', 'dropped'}: rows looked at and rows `keep` rejected."""
+    size = lambda units: sum(map(len, units))
+    dev, test, examined, kept = [], [], 0, 0
+    for unit in _group_units(pool, seed):
+        rows = [i for i in unit if keep is None or keep(pool[i])]
+        examined += len(unit); kept += len(rows)
+        if rows: (dev if size(dev) < (dev_rows or 0) else test).append(rows)
+        if size(dev) >= (dev_rows or 0) and test_rows is not None and size(test) >= test_rows: break
+    while test_rows is not None and len(dev) > 1 and size(dev) - len(dev[-1]) >= min_dev_rows and size(test) < test_rows:
+        test.insert(0, dev.pop())
+    flat = lambda units: [pool[i] for i in sorted(i for u in units for i in u)]
+    return {"dev": flat(dev), "test": flat(test)}, {"examined": examined, "dropped": examined - kept}
+
 # %% ../nbs/01_data.ipynb #81ffcee2
 @dataclass
 class Encoded:
@@ -251,6 +310,8 @@ class Encoded:
     token_type_ids: list | None
     label: int
     gold: tuple = ()
+    rid: str = ""                       # the example's row id and group (cluster), for per-example predictions
+    group: str | None = None
 
     @property
     def length(self) -> int: return max(len(v) for v in self.input_ids)
@@ -267,7 +328,7 @@ def encode(examples: Sequence[Example], tokenizer, max_length: int = 128) -> lis
     out, k = [], 0
     for e in examples:
         n = len(e.views)
-        out.append(Encoded(enc["input_ids"][k:k + n], tt[k:k + n] if tt is not None else None, e.label, e.gold))
+        out.append(Encoded(enc["input_ids"][k:k + n], tt[k:k + n] if tt is not None else None, e.label, e.gold, e.rid, e.group))
         k += n
     return out
 

@@ -18,15 +18,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import EXTRACT_DTYPES, Profile, Store, config_hash, data_hash, dtype_key, seed_everything, torch_save
+from .core import EXTRACT_DTYPES, Profile, Store, config_hash, data_hash, dtype_key, seed_everything, torch_save, write_json
 from .data import Encoded, Task, bucket_batches, get_task
-from .training import MLPHead, device_of, encoder_states, group_logits, head_outputs
+from .training import MLPHead, device_of, encoder_states, decode_predictions, encode_predictions, group_logits, head_outputs
 
 # %% auto #0
 __all__ = ['KEEP_EVAL_BYTES', 'PROBE_WDS', 'SPLITS', 'Features', 'tensor_hash', 'representation_id', 'extract_features',
            'cached_features', 'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right',
-           'head_accuracy', 'fit_target_head', 'train_target_head', 'pooled_states', 'fit_probe', 'probe_predictions',
-           'probe_accuracy', 'linear_probe', 'split_rows_hash', 'split_features', 'score_target']
+           'head_predictions', 'head_accuracy', 'fit_target_head', 'train_target_head', 'pooled_states', 'fit_probe',
+           'probe_predictions', 'probe_accuracy', 'linear_probe', 'split_rows_hash', 'write_rows', 'split_features',
+           'score_target', 'eval_rows_keys']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -149,13 +150,18 @@ def n_right(pred: Sequence[int], feats: Features, idx: Sequence[int]) -> int:
     return sum(p in (feats.gold[i] or (int(feats.labels[i]),)) for p, i in zip(pred, idx))
 
 @torch.no_grad()
+def head_predictions(head: TargetHead, feats: Features, task: Task, batch_size: int = 256,
+                     batches: list[tuple] | None = None) -> list[int]:
+    "A target head's predicted class (or view) per example of cached `feats`, in the split's row order."
+    head.eval(); pred = [0] * len(feats)
+    for idx, states, mask, nv in eval_batches(feats, batch_size) if batches is None else batches:
+        for i, p in zip(idx, group_logits(head(states, mask), nv, task).argmax(-1).tolist()): pred[i] = p
+    return pred
+
 def head_accuracy(head: TargetHead, feats: Features, task: Task, batch_size: int = 256,
                   batches: list[tuple] | None = None) -> float:
     "Accuracy of a target head on cached features (`batches`: from `eval_batches(feats)`, to reuse them)."
-    head.eval(); right = 0
-    for idx, states, mask, nv in eval_batches(feats, batch_size) if batches is None else batches:
-        right += n_right(group_logits(head(states, mask), nv, task).argmax(-1).tolist(), feats, idx)
-    return right / max(len(feats), 1)
+    return n_right(head_predictions(head, feats, task, batch_size, batches), feats, range(len(feats))) / max(len(feats), 1)
 
 def fit_target_head(feats: dict[str, Features], task: str | Task, profile: Profile, seed: int,
                     progress: bool = False) -> tuple[TargetHead, float, int]:
@@ -184,10 +190,13 @@ def fit_target_head(feats: dict[str, Features], task: str | Task, profile: Profi
 
 def train_target_head(feats: dict[str, Features], task: str | Task, profile: Profile, seed: int,
                       progress: bool = False) -> dict:
-    "`fit_target_head`, then the test accuracy of the dev-selected epoch: {dev, best_epoch, score}."
+    """`fit_target_head`, then the dev-selected epoch's predictions: {dev, best_epoch, score (test accuracy),
+    pred_dev, pred_test (per example, in row order: `encode_predictions`)}."""
     head, dev, epoch = fit_target_head(feats, task, profile, seed, progress)
     t = get_task(task) if isinstance(task, str) else task
-    return {"dev": dev, "best_epoch": epoch, "score": head_accuracy(head, feats["test"], t)}
+    pred = {s: head_predictions(head, feats[s], t) for s in ("dev", "test")}
+    return {"dev": dev, "best_epoch": epoch, "score": n_right(pred["test"], feats["test"], range(len(feats["test"])))
+            / max(len(feats["test"]), 1), **{f"pred_{s}": encode_predictions(p) for s, p in pred.items()}}
 
 # %% ../nbs/04_target.ipynb #65a9b9b7
 PROBE_WDS = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)  # strongest first: a dev tie keeps the more regularised probe
@@ -238,10 +247,12 @@ def linear_probe(feats: dict[str, Features], task: str, wds: Sequence[float] = P
         by_wd[wd] = dev = probe_accuracy(lin, x["dev"], feats["dev"], t)
         if best is None or dev > best[0]: best = (dev, wd, lin)
     dev, wd, lin = best
-    constant = t.kind not in ("choice", "record") and len(set(probe_predictions(lin, x["test"], feats["test"], t))) == 1
-    return {"dev": dev, "score": probe_accuracy(lin, x["test"], feats["test"], t), "wd": wd,
-            "train": probe_accuracy(lin, x["train"], feats["train"], t), "dev_by_wd": {str(k): v for k, v in by_wd.items()},
-            "constant": constant}
+    pred = {s: probe_predictions(lin, x[s], feats[s], t) for s in ("dev", "test")}
+    constant = t.kind not in ("choice", "record") and len(set(pred["test"])) == 1
+    return {"dev": dev, "score": n_right(pred["test"], feats["test"], range(len(feats["test"]))) / max(len(feats["test"]), 1),
+            "wd": wd, "train": probe_accuracy(lin, x["train"], feats["train"], t),
+            "dev_by_wd": {str(k): v for k, v in by_wd.items()}, "constant": constant,
+            **{f"pred_{s}": encode_predictions(p) for s, p in pred.items()}}
 
 # %% ../nbs/04_target.ipynb #d334241c
 SPLITS = ("train", "dev", "test")
@@ -249,6 +260,20 @@ SPLITS = ("train", "dev", "test")
 def split_rows_hash(splits: dict[str, list[Encoded]]) -> str:
     "Content hash of a target's train/dev/test rows: part of the key of every unit scored on them."
     return config_hash([data_hash(splits[s]) for s in SPLITS])
+
+def write_rows(store: Store, task: str, split: str, data: Sequence[Encoded]) -> str:
+    """Commit, once, what per-example predictions on `data` refer to: `results/rows/<key>.json` with each row's id, its
+    label (and gold views, where any), and its cluster (a short hash of the passage/paragraph/context it shares, or
+    None). The key is `data_hash(data)`, the same content hash the units' keys use."""
+    key = data_hash(data)
+    path = store.result_path("rows", key, ".json")
+    if not path.exists():
+        write_json(path, {"task": task, "split": split, "rid": [e.rid for e in data],
+                          "label": encode_predictions([e.label for e in data]),
+                          "gold": [list(e.gold) for e in data] if any(e.gold for e in data) else None,
+                          "cluster": [e.group and hashlib.sha1(e.group.encode()).hexdigest()[:12] for e in data]
+                                     if any(e.group for e in data) else None})
+    return key
 
 def split_features(encoder, task: str, splits: dict[str, list[Encoded]], store: Store, pad_id: int, data_key: dict,
                    profile: Profile, progress: bool = False) -> dict[str, Features]:
@@ -274,5 +299,9 @@ def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded
            **dtype_key(profile.extract_dtype)}
     def work() -> dict:
         feats = split_features(encoder() if lazy else encoder, task, splits, store, pad_id, data_key, profile, progress)
-        return train_target_head(feats, task, profile, seed, progress)
+        return {**train_target_head(feats, task, profile, seed, progress), **eval_rows_keys(store, task, splits)}
     return store.ledger.run(cfg, work)
+
+def eval_rows_keys(store: Store, task: str, splits: dict[str, list[Encoded]]) -> dict:
+    "`write_rows` for the dev and test splits: {'rows_dev': key, 'rows_test': key}, for a unit's record."
+    return {f"rows_{s}": write_rows(store, task, s, splits[s]) for s in ("dev", "test")}

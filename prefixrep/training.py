@@ -21,8 +21,9 @@ from .data import Encoded, Task, bucket_batches, collate, get_task
 
 # %% auto #0
 __all__ = ['UNIT_VERSION', 'MLPHead', 'head_outputs', 'group_logits', 'n_correct', 'BatchStream', 'NonFiniteLoss', 'train_steps',
-           'device_of', 'encoder_states', 'head_loss', 'evaluate_head', 'prefix_steps', 'prefix_unit',
-           'train_source_prefix', 'multitask_unit', 'train_multitask', 'finetune_steps', 'finetune_target']
+           'device_of', 'encoder_states', 'head_loss', 'predict_head', 'encode_predictions', 'decode_predictions',
+           'accuracy', 'evaluate_head', 'prefix_steps', 'prefix_unit', 'train_source_prefix', 'multitask_unit',
+           'train_multitask', 'finetune_steps', 'finetune_target']
 
 # %% ../nbs/03_training.ipynb #c0c945a9
 class MLPHead(nn.Module):
@@ -127,17 +128,33 @@ def head_loss(encoder: nn.Module, head: nn.Module, task: Task, batch: Sequence[E
     return F.cross_entropy(logits, b["labels"].to(logits.device))
 
 @torch.no_grad()
+def predict_head(encoder: nn.Module, head: nn.Module, task: Task, data: Sequence[Encoded], pad_id: int,
+                 batch_size: int = 64) -> list[int]:
+    "Encoder + MLP head's predicted class (or view) per example of `data`, in row order."
+    was = (encoder.training, head.training); encoder.eval(); head.eval()
+    pred = [0] * len(data)
+    for idx in bucket_batches([e.length for e in data], batch_size):
+        states, b = encoder_states(encoder, [data[i] for i in idx], pad_id)
+        for i, p in zip(idx, group_logits(head(states[:, 0]), b["n_views"], task).argmax(-1).tolist()): pred[i] = p
+    encoder.train(was[0]); head.train(was[1])
+    return pred
+
+def encode_predictions(pred: Sequence[int]) -> str | list[int]:
+    "Per-example predictions in a compact form: a string of digits where every class id is below 10, else the list."
+    return "".join(map(str, pred)) if all(0 <= int(p) < 10 for p in pred) else [int(p) for p in pred]
+
+def decode_predictions(enc: str | Sequence[int]) -> np.ndarray:
+    "The predictions `encode_predictions` wrote, as an int array."
+    return np.array([int(c) for c in enc] if isinstance(enc, str) else list(enc), dtype=int)
+
+def accuracy(pred: Sequence[int], data: Sequence[Encoded]) -> float:
+    "Share of predictions that are the label (or one of the gold views, for ReCoRD)."
+    return sum(p in (e.gold or (e.label,)) for p, e in zip(pred, data)) / max(len(data), 1)
+
 def evaluate_head(encoder: nn.Module, head: nn.Module, task: Task, data: Sequence[Encoded], pad_id: int,
                   batch_size: int = 64) -> float:
     "Accuracy of encoder + MLP head on `data`."
-    was = (encoder.training, head.training); encoder.eval(); head.eval()
-    right = 0
-    for idx in bucket_batches([e.length for e in data], batch_size):
-        batch = [data[i] for i in idx]
-        states, b = encoder_states(encoder, batch, pad_id)
-        right += n_correct(group_logits(head(states[:, 0]), b["n_views"], task), batch)
-    encoder.train(was[0]); head.train(was[1])
-    return right / max(len(data), 1)
+    return accuracy(predict_head(encoder, head, task, data, pad_id, batch_size), data)
 
 # %% ../nbs/03_training.ipynb #e4c4ae60
 def prefix_steps(profile: Profile, n_train: int) -> int:
@@ -176,10 +193,12 @@ def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], pr
                               encoder.prefix_parameters([task]) + list(head.parameters()), steps, profile.prefix_lr,
                               profile.prefix_wd, store.cache_path("ckpt", key, ".pt"), profile.checkpoint_every,
                               desc=f"prefix {task} s{seed}", progress=progress)
-            dev = evaluate_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch)
+            pred = predict_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch)
+            dev = accuracy(pred, splits["dev"])
         save_prefix(encoder, task, path, meta={**cfg, "dev_accuracy": dev})
         store.cache_path("ckpt", key, ".pt").unlink(missing_ok=True)
-        return {**out, "dev": dev, "prefix_file": str(path.relative_to(store.results_dir))}
+        return {**out, "dev": dev, "pred_dev": encode_predictions(pred),
+                "prefix_file": str(path.relative_to(store.results_dir))}
     rec = store.ledger.run(cfg, work)
     if not path.exists():
         raise FileNotFoundError(f"the ledger says prefix {task}/{key} finished but {path} is missing: restore it from git "
@@ -265,6 +284,6 @@ def finetune_target(encoder, task: str, splits: dict[str, list[Encoded]], profil
                       finetune_steps(profile, len(splits["train"])), profile.finetune_lr, profile.finetune_wd, ckpt,
                       profile.checkpoint_every, desc=f"fine-tune {task} s{seed}", progress=progress)
     for p in encoder.model.parameters(): p.requires_grad_(False)
-    dev = evaluate_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch)
-    test = evaluate_head(encoder, head, t, splits["test"], pad_id, profile.eval_batch)
-    return {**out, "dev": dev, "score": test}
+    pred = {s: predict_head(encoder, head, t, splits[s], pad_id, profile.eval_batch) for s in ("dev", "test")}
+    return {**out, "dev": accuracy(pred["dev"], splits["dev"]), "score": accuracy(pred["test"], splits["test"]),
+            **{f"pred_{s}": encode_predictions(p) for s, p in pred.items()}}

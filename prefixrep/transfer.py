@@ -17,23 +17,27 @@ import numpy as np
 import pandas as pd
 
 from .core import (Profile, Store, absolute_path, config_hash, default_cache_dir, default_reports_dir,
-                            default_results_dir, dtype_key, get_device, get_profile)
-from .data import Encoded, encode, get_task, load_task, resolve_data_dir
+                            default_results_dir, dtype_key, eval_key, get_device, get_profile)
+from .data import Encoded, cap_rows, cut_eval, encode, get_task, load_pool, load_task, resolve_data_dir
 from .prefix import PrefixEncoder, load_backbone
-from .target import PROBE_WDS, linear_probe, representation_id, score_target, split_features, split_rows_hash
+from .target import PROBE_WDS, eval_rows_keys, linear_probe, representation_id, score_target, split_features, split_rows_hash
 from .training import finetune_target, multitask_unit, train_multitask, train_source_prefix
+from .evidence import cell_intervals, check_scores, claim_sentence, compare, update_claims
+from .stats import claims_row
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'DIAGNOSIS_METHODS', 'project_root', 'check_params',
-           'example_texts', 'shingles', 'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy',
-           'update_profile', 'prepare_raw', 'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key',
-           'run_transfer', 'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2', 'wide_table', 'write_table2',
-           'long_length_of', 'truncated_share', 'diagnose_frozen', 'diagnosis_table', 'diagnosis_markdown',
-           'diagnosis_lines', 'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines', 'report_text']
+__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'TABLE2_CLAIMS', 'DIAGNOSIS_METHODS', 'project_root',
+           'check_params', 'example_texts', 'shingles', 'overlap_filter', 'train_texts', 'decontaminate',
+           'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile', 'prepare_raw', 'pool_targets',
+           'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key', 'run_transfer', 'latest_per_seed',
+           'mean_std_cells', 'sample_std', 'table2_records', 'table2', 'wide_table', 'difference_table', 'write_table2',
+           'paper_difference', 'table2_evidence', 'with_intervals', 'long_length_of', 'truncated_share',
+           'diagnose_frozen', 'diagnosis_table', 'diagnosis_markdown', 'diagnosis_lines', 'describe_deviations',
+           'claims', 'table2_compute_hours', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
-METHOD_NAMES = {"finetune": "Fine-tuning the whole LM (upper bound)", "frozen": "Frozen LM (lower bound)",
+METHOD_NAMES = {"majority": "Majority class of the test split", "finetune": "Fine-tuning the whole LM (upper bound)", "frozen": "Frozen LM (lower bound)",
                 "multitask": "Multi-tasking training", "prefix": "Prefix-based training (ours)"}
 PAPER_TABLE2 = {  # Huang et al. 2023, Table 2 (RoBERTa-large, 5-run average)
     "finetune": dict(rte=86.38, mrpc=88.01, cr=93.59, mr=91.19, mpqa=91.93, boolq=85.28, multirc=80.80, cosmosqa=77.77, Avg=86.87),
@@ -85,19 +89,31 @@ def shingles(e, n: int = 8) -> set[str]:
         out.update(" ".join(w[i:i + n]) for i in range(len(w) - n + 1))
     return out
 
-def decontaminate(targets: dict, sources: dict, n: int = 8) -> pd.DataFrame:
-    """Drop (in place) target dev/test examples whose text occurs exactly in a source training pool or the target's
-    own train split, or that share a run of `n` words with a source training text. Returns the counts."""
+def overlap_filter(sources: dict, n: int = 8):
+    """`keep(example, own_train_texts)`: False where the example's text occurs exactly in a source training pool or in
+    `own_train_texts` (a set of `example_texts`), or shares a run of `n` words with a source training text."""
     src = [e for s in sources.values() for e in s["train"]]
     exact_src = set().union(*(example_texts(e) for e in src)) if src else set()
     grams_src = set().union(*(shingles(e, n) for e in src)) if src else set()
-    rows = []
+    def keep(e, own: set) -> bool:
+        texts = example_texts(e)
+        return not (texts & exact_src) and not (texts & own) and not (shingles(e, n) & grams_src)
+    return keep
+
+def train_texts(examples) -> set[str]:
+    "Every normalised text of some training examples (the target's own train split, for `overlap_filter`)."
+    return set().union(*(example_texts(e) for e in examples)) if examples else set()
+
+def decontaminate(targets: dict, sources: dict, n: int = 8) -> pd.DataFrame:
+    """Drop (in place) target dev/test examples whose text occurs exactly in a source training pool or the target's
+    own train split, or that share a run of `n` words with a source training text. Returns the counts."""
+    keep, rows = overlap_filter(sources, n), []
     for t, sp in targets.items():
-        exact = exact_src | set().union(*(example_texts(e) for e in sp["train"]))
+        own = train_texts(sp["train"])
         for split in ("dev", "test"):
-            keep = [e for e in sp[split] if not (example_texts(e) & exact) and not (shingles(e, n) & grams_src)]
-            rows.append(dict(task=t, split=split, before=len(sp[split]), dropped=len(sp[split]) - len(keep)))
-            sp[split] = keep
+            kept = [e for e in sp[split] if keep(e, own)]
+            rows.append(dict(task=t, split=split, before=len(sp[split]), dropped=len(sp[split]) - len(kept)))
+            sp[split] = kept
     return pd.DataFrame(rows)
 
 def load_run_data(prof: Profile, data_dir, tasks: Sequence[str], train_rows: int | None) -> dict:
@@ -113,9 +129,12 @@ def chance_accuracy(examples) -> float:
     return float(pd.Series([e.label for e in examples]).value_counts(normalize=True).iloc[0])
 
 def update_profile(prof: Profile) -> Profile:
-    "`prof` with the target row caps of the update experiments (Table 3, Figure 2); None keeps Table 2's caps."
+    """`prof` with the target rows of the update experiments (Table 3, Figure 2): their train cap, and their evaluation
+    policy (`update_eval_policy`) with its dev/test caps; None keeps Table 2's."""
+    policy = prof.update_eval_policy or prof.eval_policy
     return replace(prof, target_train_rows=prof.target_train_rows if prof.update_train_rows is None else prof.update_train_rows,
-                   eval_rows=prof.eval_rows if prof.update_eval_rows is None else prof.update_eval_rows)
+                   eval_rows=prof.eval_rows if prof.update_eval_rows is None else prof.update_eval_rows,
+                   eval_policy=policy, update_eval_policy=None)
 
 def prepare_raw(prof: Profile, data_dir, target_profile: Profile | None = None) -> tuple[dict, dict, dict]:
     """Target and source examples for a run, after decontamination; plus the checks to show
@@ -123,12 +142,31 @@ def prepare_raw(prof: Profile, data_dir, target_profile: Profile | None = None) 
     Targets take the caps of `target_profile` (e.g. `update_profile(prof)`); sources always keep `prof`'s, so a
     prefix trained by any experiment is the very unit Table 2 finds."""
     tp = target_profile or prof
-    raw_t = load_run_data(tp, data_dir, prof.target_tasks, tp.target_train_rows)
     raw_s = load_run_data(prof, data_dir, prof.source_tasks, prof.source_train_rows)
-    decon = decontaminate(raw_t, raw_s)
+    if tp.eval_policy == "pool": raw_t, decon = pool_targets(prof, tp, data_dir, raw_s)
+    else:
+        raw_t = load_run_data(tp, data_dir, prof.target_tasks, tp.target_train_rows)
+        decon = decontaminate(raw_t, raw_s)
     checks = {"decontamination": decon, "chance": {t: chance_accuracy(sp["test"]) for t, sp in raw_t.items()},
-              "n_test": {t: len(sp["test"]) for t, sp in raw_t.items()}}
+              "n_test": {t: len(sp["test"]) for t, sp in raw_t.items()},
+              "sizes": {t: {s: len(v) for s, v in sp.items()} for t, sp in raw_t.items()}}
     return raw_t, raw_s, checks
+
+def pool_targets(prof: Profile, tp: Profile, data_dir, sources: dict) -> tuple[dict, pd.DataFrame]:
+    """Target splits under the pool policy (nbs/01_data.ipynb): `prof`'s train budget fixes what is evaluation data;
+    `tp` (Table 3 / Figure 2's profile) trains on a subset of that budget and is scored on the same dev/test rows.
+    The overlap filter runs while the dev/test rows are drawn, so they reach their sizes. Returns the splits and the
+    filter's counts per target (rows of the pool examined and dropped)."""
+    keep, out, rows = overlap_filter(sources), {}, []
+    for t in prof.target_tasks:
+        p = load_pool(t, data_dir, prof.split_seed, prof.target_train_rows)
+        own = train_texts(p["train"])
+        ev, info = cut_eval(p["pool"], prof.dev_rows, prof.test_rows, prof.min_dev_rows, prof.split_seed,
+                            keep=lambda e: keep(e, own))
+        train = cap_rows(p["train"], tp.target_train_rows, prof.split_seed, grouped=get_task(t).group_field is not None)
+        out[t] = {"train": train, **ev}
+        rows.append(dict(task=t, split="dev+test", before=info["examined"], dropped=info["dropped"]))
+    return out, pd.DataFrame(rows)
 
 def prepare_data(prof: Profile, data_dir, tok, target_profile: Profile | None = None) -> tuple[dict, dict, dict]:
     "`prepare_raw`, with every split encoded at the profile's max length: (targets, sources, checks)."
@@ -160,9 +198,11 @@ def finetune_key(prof: Profile, data_dir) -> dict:
 
 def profile_key(prof: Profile, data_dir) -> dict:
     """What every unit of a Table 2 run shares: the hash of the profile fields Table 2 depends on (so editing, say,
-    Figure 2's budgets keeps Table 2's records valid) and where the data came from."""
+    Figure 2's budgets keeps Table 2's records valid; the pool policy's fields only where it is used) and where the
+    data came from."""
     d = prof.to_dict()
-    return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **dtype_key(prof.extract_dtype)}),
+    return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **dtype_key(prof.extract_dtype),
+                                                              **eval_key(prof)}),
             "data": "mirror" if data_dir is not None else "hub"}
 
 def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
@@ -199,8 +239,8 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
                    "backbone": prof.backbone, **finetune_key(prof, data_dir)}
             def work(t=t):
                 ft = PrefixEncoder(load_backbone(prof.backbone)[0].to(dev), prof.prefix_length, freeze=False)
-                return finetune_target(ft, t, targets[t], prof, seed, pad, store.cache_path("ckpt", config_hash(cfg), ".pt"),
-                                       progress=progress)
+                return {**finetune_target(ft, t, targets[t], prof, seed, pad, store.cache_path("ckpt", config_hash(cfg), ".pt"),
+                                          progress=progress), **eval_rows_keys(store, t, targets[t])}
             records.append(store.ledger.run(cfg, work))
     out = pd.DataFrame(records)
     out.attrs.update(checks)
@@ -219,14 +259,19 @@ def sample_std(x: pd.Series) -> float:
     "Sample standard deviation (ddof=1) over seeds; 0 for a single seed."
     return float(x.std(ddof=1)) if len(x) > 1 else 0.0
 
-def table2(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
-    "Long-format Table 2 (method, task, mean, std, n_seeds, profile, backbone, paper) from ledger records."
+def table2_records(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
+    "The ledger records of this profile's Table 2 units: the newest per (method, task, seed)."
     key = profile_key(prof, data_dir)
     if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame()
     ours = ledger.profile_hash.eq(key["profile_hash"]).where(  # fine-tuning rows: the fp32 key, whatever the dtype
         ledger.method != "finetune", ledger.profile_hash.eq(finetune_key(prof, data_dir)["profile_hash"]))
-    df = ledger[ours & (ledger.data == key["data"]) & ledger.method.isin(METHODS)]
-    df = latest_per_seed(df, ["method", "task", "seed"]).assign(score=lambda d: 100 * d.score)
+    return latest_per_seed(ledger[ours & (ledger.data == key["data"]) & ledger.method.isin(METHODS)], ["method", "task", "seed"])
+
+def table2(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
+    "Long-format Table 2 (method, task, mean, std, n_seeds, profile, backbone, paper) from ledger records."
+    df = table2_records(ledger, prof, data_dir)
+    if df.empty: return df
+    df = df.assign(score=lambda d: 100 * d.score)
     rows = []
     for (m, t), g in df.groupby(["method", "task"]):
         rows.append(dict(method=m, task=t, mean=g.score.mean(), std=sample_std(g.score), n_seeds=g.seed.nunique()))
@@ -243,24 +288,87 @@ def table2(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
                            ).reset_index(drop=True)
 
 def wide_table(long: pd.DataFrame, value: str = "cell") -> pd.DataFrame:
-    "Methods × tasks, cells 'mean ± std'."
-    long = long.assign(cell=mean_std_cells(long))
+    "Methods × tasks, cells 'mean ± std' ('†': a constant predictor in some seed; `value='ci'`: the 95% intervals)."
+    flag = [" †" if c is True else "" for c in long.get("constant", pd.Series([None] * len(long)))]
+    long = long.assign(cell=[c + f for c, f in zip(mean_std_cells(long), flag)])
+    if "ci_low" in long:
+        long = long.assign(ci=[f"[{lo:.1f}, {hi:.1f}]" if pd.notna(lo) else "–" for lo, hi in zip(long.ci_low, long.ci_high)])
     w = long.pivot(index="method", columns="task", values=value)
     cols = [c for c in list(get_profile("paper").target_tasks) + ["Avg"] if c in w.columns]
-    return w.loc[[m for m in METHODS if m in w.index], cols].rename(index=METHOD_NAMES)
+    return w.loc[[m for m in ("majority",) + METHODS if m in w.index], cols].rename(index=METHOD_NAMES)
 
-def write_table2(long: pd.DataFrame, reports_dir: str | Path, text: str = "") -> list[Path]:
-    "Write table2.csv (long), table2.md (ours and the paper's, with `text`) and table2.tex."
+def difference_table(diffs: pd.DataFrame) -> pd.DataFrame:
+    "Comparisons × tasks, cells 'estimate [ci_low, ci_high]' in points, then the paper's Avg difference."
+    d = diffs.assign(cell=[f"{e:+.1f} [{lo:+.1f}, {hi:+.1f}]" for e, lo, hi in zip(diffs.estimate, diffs.ci_low, diffs.ci_high)])
+    w = d.pivot(index="comparison", columns="task", values="cell")
+    cols = [c for c in list(get_profile("paper").target_tasks) + ["Avg"] if c in w.columns]
+    w = w.loc[list(dict.fromkeys(d.comparison)), cols]
+    return w.assign(paper_Avg=[f"{diffs[(diffs.comparison == c) & (diffs.task == 'Avg')].paper.iloc[0]:+.2f}"
+                               if ((diffs.comparison == c) & (diffs.task == "Avg")).any() else "–" for c in w.index])
+
+def write_table2(long: pd.DataFrame, reports_dir: str | Path, text: str = "", diffs: pd.DataFrame | None = None) -> list[Path]:
+    """Write table2.csv (long: one row per cell with its interval and n_test, then one row per difference `A - B`),
+    table2.md (ours, the intervals, the differences, the paper's, with `text`) and table2.tex."""
     reports_dir = Path(reports_dir); reports_dir.mkdir(parents=True, exist_ok=True)
-    ours, paper = wide_table(long), wide_table(long.assign(mean=long.paper, std=0.0)).map(lambda c: c.split(" ±")[0])
-    long.to_csv(reports_dir / "table2.csv", index=False, float_format="%.4f")
+    ours = wide_table(long)
+    paper = wide_table(long[long.method.isin(METHODS)].assign(mean=lambda d: d.paper, std=0.0, n_seeds=1, constant=False))
+    has_diffs = diffs is not None and len(diffs) > 0
+    rows = long if not has_diffs else pd.concat([long, diffs.rename(columns={"comparison": "method", "estimate": "mean"})
+                                                 [["method", "task", "mean", "ci_low", "ci_high", "n_test", "n_clusters", "paper"]]])
+    rows.to_csv(reports_dir / "table2.csv", index=False, float_format="%.4f")
     md = ["# Table 2 — transfer to unseen target tasks (accuracy, %)", "", text, "",
-          "## Ours (mean ± std over seeds)", "", ours.to_markdown(disable_numparse=True), "",
-          "## Paper (Huang et al. 2023, RoBERTa-large, 5-run average)", "", paper.to_markdown(), ""]
+          "## Ours (mean ± std over seeds; † a constant predictor: one class for every test row in some seed)", "",
+          ours.to_markdown(disable_numparse=True), ""]
+    if "ci_low" in long:
+        md += ["## 95% intervals of the cells (test rows — whole passages where rows share one — and seeds resampled)", "",
+               wide_table(long, "ci").to_markdown(disable_numparse=True), ""]
+    if has_diffs:
+        md += ["## Differences A − B (points, 95% paired interval; `paper_Avg`: the paper's difference on the average)", "",
+               difference_table(diffs).to_markdown(disable_numparse=True), ""]
+    md += ["## Paper (Huang et al. 2023, RoBERTa-large, 5-run average)", "", paper.to_markdown(disable_numparse=True), ""]
     (reports_dir / "table2.md").write_text("\n".join(md))
     (reports_dir / "table2.tex").write_text(ours.to_latex(escape=True, caption="Transfer to unseen target tasks "
                                             "(accuracy, mean $\\pm$ std over seeds); reproduced with prefixrep.", label="tab:table2"))
     return [reports_dir / f"table2.{x}" for x in ("csv", "md", "tex")]
+
+# %% ../nbs/05_transfer.ipynb #4eec98a8
+TABLE2_CLAIMS = (  # (A, B, claim): the paper's Table 2 comparisons, read as A - B on the 8-target average
+    ("prefix", "multitask", "Prefix-based training beats multi-task training (8-target average)"),
+    ("prefix", "frozen", "Prefix-based training improves on the frozen encoder (8-target average)"),
+    ("multitask", "frozen", "Multi-task training improves on the frozen encoder (8-target average)"),
+    ("finetune", "frozen", "Fine-tuning the whole model beats the frozen encoder (8-target average)"),
+    ("finetune", "prefix", "Fine-tuning is an upper bound above prefix-based training (8-target average)"),
+)
+
+def paper_difference(a: str, b: str, task: str = "Avg") -> float:
+    "The paper's Table 2 difference A - B (points) on `task`."
+    return round(PAPER_TABLE2[a][task] - PAPER_TABLE2[b][task], 2)
+
+def table2_evidence(records: pd.DataFrame, prof: Profile, results_dir: str | Path, n_boot: int = 2000) -> tuple:
+    """From Table 2's records (`table2_records`): the cells' intervals (`evidence.cell_intervals`), every comparison of
+    `TABLE2_CLAIMS` per target and on average (`evidence.compare`, with the paper's difference beside it), and the
+    claims.csv rows of the comparisons whose both methods have predictions on every target."""
+    tasks = list(prof.target_tasks)
+    cells = cell_intervals(records, results_dir, tasks, n_boot)
+    diffs, rows = [], []
+    for a, b, claim in TABLE2_CLAIMS:
+        avg, per = compare(records, a, b, results_dir, tasks, n_boot)
+        if per.empty: continue
+        diffs.append(per.assign(paper=[paper_difference(a, b, t) for t in per.task]))
+        if avg is not None: rows.append(claims_row("table2", claim, avg, paper_difference(a, b)))
+    return cells, pd.concat(diffs, ignore_index=True) if diffs else pd.DataFrame(), rows
+
+def with_intervals(long: pd.DataFrame, cells: pd.DataFrame, chance: dict | None = None) -> pd.DataFrame:
+    """`table2`'s long table with each cell's interval (`ci_low`, `ci_high`, `n_test`, `n_clusters`, `constant`), and a
+    `majority` row: the accuracy of always predicting the test split's most frequent class (1/choices for choices)."""
+    cols = ["method", "task", "ci_low", "ci_high", "n_test", "n_clusters", "constant"]
+    out = long.merge(cells[cols], on=["method", "task"], how="left") if len(cells) else long.assign(**{c: np.nan for c in cols[2:]})
+    if chance:
+        maj = pd.DataFrame([dict(method="majority", task=t, mean=100 * c, std=0.0, n_seeds=1) for t, c in chance.items()])
+        maj = pd.concat([maj, pd.DataFrame([dict(method="majority", task="Avg", mean=maj["mean"].mean(), std=0.0, n_seeds=1)])])
+        out = pd.concat([maj.assign(profile=out.profile.iloc[0] if len(out) else None, backbone=out.backbone.iloc[0] if len(out) else None),
+                         out], ignore_index=True)
+    return out
 
 # %% ../nbs/05_transfer.ipynb #e5d111f3
 DIAGNOSIS_METHODS = ("frozen_probe", "frozen_probe_all", "frozen_long")
@@ -277,9 +385,11 @@ def truncated_share(longer: Sequence[Encoded], max_length: int) -> float:
 
 def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
                     backbone=None, device="auto", long_length: int | None = None, progress: bool = True,
-                    extract_dtype: str | None = None) -> pd.DataFrame:
+                    extract_dtype: str | None = None, long_targets: Sequence[str] | None = None) -> pd.DataFrame:
     """Run (or resume) the diagnosis units of the frozen row for every target (see above); returns their records.
-    `long_length`: the longer max length (default `long_length_of` the backbone)."""
+    `long_length`: the longer max length (default `long_length_of` the backbone); `long_targets`: the targets that get
+    the longer-input head (default: every target with truncated test inputs). Under the pool policy there is no
+    whole-train probe: every labelled row beyond the train budget is evaluation data."""
     p = check_params(seed, profile, data_dir, results_dir, cache_dir, None, backbone, device, extract_dtype)
     prof, data_dir, store = p["profile"], p["data_dir"], Store(p["results_dir"], p["cache_dir"])
     key = profile_key(prof, data_dir)
@@ -287,7 +397,8 @@ def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=No
     enc, pad = PrefixEncoder(model.to(p["device"]), prof.prefix_length), tok.pad_token_id
     L = long_length or long_length_of(model)
     raw_t, _, _ = prepare_raw(prof, data_dir)
-    raw_all, _, checks_all = prepare_raw(prof, data_dir, replace(prof, target_train_rows=None))
+    raw_all, _, checks_all = prepare_raw(prof, data_dir, replace(prof, target_train_rows=None)) \
+        if prof.eval_policy == "paper" else (raw_t, None, None)
     short, longer, every = (encode_all(r, tok, n) for r, n in ((raw_t, prof.max_length), (raw_t, L), (raw_all, prof.max_length)))
     rep, records = representation_id(enc), []
     def probe(method: str, t: str, splits: dict, out: dict) -> dict:
@@ -295,16 +406,17 @@ def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=No
                "rows": split_rows_hash(splits), **key,
                **dtype_key(prof.extract_dtype)}
         def work() -> dict:
-            return {**linear_probe(split_features(enc, t, splits, store, pad, key, prof, progress), t), **out}
+            return {**linear_probe(split_features(enc, t, splits, store, pad, key, prof, progress), t), **out,
+                    **eval_rows_keys(store, t, splits)}
         return store.ledger.run(cfg, work)
     for t in prof.target_tasks:
         cut = truncated_share(longer[t]["test"], prof.max_length)
         records.append(probe("frozen_probe", t, short[t], {"truncated": cut, "max_length": prof.max_length,
                                                            "train_rows": len(short[t]["train"]), "train_rows_all": len(every[t]["train"])}))
-        if len(every[t]["train"]) > len(short[t]["train"]):  # the same probe, trained on the whole train split
+        if checks_all and len(every[t]["train"]) > len(short[t]["train"]):  # the same probe, on the whole train split
             records.append(probe("frozen_probe_all", t, every[t], {"train_rows": len(every[t]["train"]),
                                  "chance": checks_all["chance"][t], "n_test": checks_all["n_test"][t]}))
-        if cut > 0 and L > prof.max_length:
+        if cut > 0 and L > prof.max_length and (long_targets is None or t in long_targets):
             records.append(score_target(enc, "frozen_long", t, longer[t], prof, seed, store, pad, key, progress=progress,
                                         extra={"max_length": L}))
     return pd.DataFrame(records)
@@ -397,8 +509,8 @@ def diagnosis_lines(diag: pd.DataFrame, max_length: int) -> list[str]:
     return out
 
 # %% ../nbs/05_transfer.ipynb #d38a4206
-def describe_deviations(prof: Profile, data_dir) -> list[str]:
-    "The ways this run differs from the paper, as sentences (from the profile and the task registry)."
+def describe_deviations(prof: Profile, data_dir, checks: dict | None = None) -> list[str]:
+    "The ways this run differs from the paper, as sentences (from the profile, the task registry and `checks`' sizes)."
     out = []
     if prof.backbone != "roberta-large":
         out.append(f"Backbone: `{prof.backbone}` instead of RoBERTa-large"
@@ -411,10 +523,23 @@ def describe_deviations(prof: Profile, data_dir) -> list[str]:
             if task.mirror is not None and task.mirror.note: out.append(f"{t}: {task.mirror.note}.")
         missing = [t for t in get_profile("paper").source_tasks if t not in prof.source_tasks]
         if missing: out.append(f"Source tasks not used: {', '.join(missing)} (ReCoRD is not in the offline mirror).")
-    caps = (f"Row caps: source training pools ≤ {prof.source_train_rows}, target train ≤ {prof.target_train_rows}, "
-            f"dev/test ≤ {prof.eval_rows} each (fixed random subsets, split seed {prof.split_seed}); "
-            f"max length {prof.max_length} tokens.")
-    out.append(caps)
+    if prof.eval_policy == "pool":
+        sizes = checks.get("sizes", {}) if checks else {}
+        out.append(f"Row caps: source training pools ≤ {prof.source_train_rows}; target train ≤ {prof.target_train_rows} "
+                   f"(a fixed random subset of the paper policy's train split; whole passages for boolq, multirc, cosmosqa); "
+                   f"max length {prof.max_length} tokens.")
+        out.append("Evaluation sets (the pool policy, not the paper's split): every labelled target row outside the train "
+                   "budget — the train split beyond the cap, the dev and test parts, and MRPC's labelled official test "
+                   f"split — is evaluation data; dev takes {prof.dev_rows} rows (at least {prof.min_dev_rows} where the "
+                   f"pool is short), test up to {prof.test_rows}, whole passages/paragraphs/contexts in a random order "
+                   f"(split seed {prof.split_seed}), after the overlap filter"
+                   + (": " + ", ".join(f"{t} train {n['train']} / dev {n['dev']} / test {n['test']}" for t, n in sizes.items())
+                      if sizes else "") + ". Where the labelled data is short of the 1,500-test-row aim (rte: 2,767 "
+                   "labelled rows in all) dev keeps its minimum and test gets the rest.")
+    else:
+        out.append(f"Row caps: source training pools ≤ {prof.source_train_rows}, target train ≤ {prof.target_train_rows}, "
+                   f"dev/test ≤ {prof.eval_rows} each (fixed random subsets, split seed {prof.split_seed}); "
+                   f"max length {prof.max_length} tokens.")
     out.append(f"Budgets: prefix {f'{prof.prefix_steps} steps' if prof.prefix_steps else f'{prof.prefix_epochs} epochs'} × batch {prof.prefix_batch} "
                f"(paper: 40 epochs), lr {prof.prefix_lr}; multi-task {prof.multitask_steps} steps × batch "
                f"{prof.multitask_batch} (paper: 400,000), lr {prof.multitask_lr}; target heads {prof.head_epochs} epochs "
@@ -430,34 +555,22 @@ def describe_deviations(prof: Profile, data_dir) -> list[str]:
                "with a source training text) were dropped before scoring; the paper did not do this.")
     return out
 
-def claims(long: pd.DataFrame) -> list[str]:
-    "The paper's Table 2 claims, each checked against our numbers."
-    m = long.set_index(["method", "task"])["mean"]
-    def has(*k): return all((x, "Avg") in m.index for x in k)
-    out = []
-    if has("finetune", "frozen"):
-        ok = m["finetune", "Avg"] > m["frozen", "Avg"]
-        out.append(f"Fine-tuning the whole model beats the frozen model on average ({m['finetune', 'Avg']:.2f} vs "
-                   f"{m['frozen', 'Avg']:.2f}): {'reproduced' if ok else 'NOT reproduced'}.")
-    if has("prefix", "multitask"):
-        ok = m["prefix", "Avg"] > m["multitask", "Avg"]
-        wins = [t for t in long.task.unique() if t != "Avg" and ("prefix", t) in m.index and ("multitask", t) in m.index
-                and m["prefix", t] > m["multitask", t]]
-        out.append(f"Prefix-based training beats multi-tasking training on average ({m['prefix', 'Avg']:.2f} vs "
-                   f"{m['multitask', 'Avg']:.2f}): {'reproduced' if ok else 'NOT reproduced'} at this scale; prefix wins on "
-                   f"{len(wins)} of {long.task.nunique() - 1} targets ({', '.join(wins) or 'none'}).")
-    for x in ("prefix", "multitask"):
-        if has(x, "frozen"):
-            ok = m[x, "Avg"] > m["frozen", "Avg"]
-            out.append(f"Source-task training ({x}) improves the frozen representations on average "
-                       f"({m[x, 'Avg']:.2f} vs {m['frozen', 'Avg']:.2f}): {'reproduced' if ok else 'NOT reproduced'}.")
-    if has("finetune", "multitask", "prefix"):
-        above = [x for x in ("multitask", "prefix") if m[x, "Avg"] >= m["finetune", "Avg"]]
-        out.append(f"Fine-tuning is the upper bound (above both frozen-representation rows on average): "
-                   + ("reproduced." if not above else f"NOT reproduced at this scale: {', '.join(above)} reaches "
-                      f"{max(m[x, 'Avg'] for x in above):.2f} vs fine-tuning's {m['finetune', 'Avg']:.2f} (its budget: "
-                      "see the deviations)."))
+def claims(claim_rows: Sequence[dict], diffs: pd.DataFrame | None = None) -> list[str]:
+    """The paper's Table 2 claims as sentences, each with its interval and verdict (`TABLE2_CLAIMS`; a comparison
+    without predictions for both methods on every target says so), and how many targets decide prefix − multi-task."""
+    done = {r["claim"]: r for r in claim_rows}
+    out = [claim_sentence(done[c]) if c in done else
+           f"{c}: not decided here — no {a if not _has(diffs, a, b) else b} records with per-example predictions on "
+           "every target of these evaluation sets yet." for a, b, c in TABLE2_CLAIMS]
+    if diffs is not None and len(diffs) and (per := diffs[(diffs.comparison == "prefix - multitask") & (diffs.task != "Avg")]).shape[0]:
+        ahead, behind = per[per.ci_low > 0].task.tolist(), per[per.ci_high < 0].task.tolist()
+        out.append(f"Per target, the prefix − multi-task interval excludes 0 on {len(ahead) + len(behind)} of {len(per)} "
+                   f"targets: prefix ahead on {', '.join(ahead) or 'none'}, behind on {', '.join(behind) or 'none'} "
+                   f"(each target's interval and McNemar p-value: `table2.csv`, `mcnemar_p` in the differences).")
     return out
+
+def _has(diffs: pd.DataFrame | None, a: str, b: str) -> bool:
+    return diffs is not None and len(diffs) > 0 and (diffs.comparison == f"{a} - {b}").any()
 
 def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple[float, list[int]]:
     """Recorded compute of Table 2's units only: its target units, plus the source prefixes and the multi-task model
@@ -484,6 +597,17 @@ def sanity_lines(long: pd.DataFrame, checks: dict) -> list[str]:
     and the rows the overlap filter dropped. `checks`: `prepare_data`'s checks (chance, decontamination)."""
     m, out = long.set_index(["method", "task"])["mean"], []
     chance = {t: 100 * c for t, c in checks.get("chance", {}).items() if ("frozen", t) in m.index}
+    ci = long.set_index(["method", "task"])[["ci_low", "ci_high"]] if "ci_low" in long else None
+    if chance and ci is not None and all(pd.notna(ci.loc[("frozen", t)]).all() for t in chance):
+        cell = lambda t: f"{t} {m['frozen', t]:.1f} [{ci.loc[('frozen', t), 'ci_low']:.1f}, {ci.loc[('frozen', t), 'ci_high']:.1f}] vs {chance[t]:.1f}"
+        above = [t for t in chance if ci.loc[("frozen", t), "ci_low"] > chance[t]]
+        below = [t for t in chance if ci.loc[("frozen", t), "ci_high"] < chance[t]]
+        tied = [t for t in chance if t not in above and t not in below]
+        out.append(f"Frozen lower bound vs chance (majority class of the test split, or 1/choices), by its 95% interval: "
+                   f"above chance on {len(above)} of {len(chance)} targets"
+                   + (f"; indistinguishable from chance on {'; '.join(cell(t) for t in tied)}" if tied else "")
+                   + (f"; below chance on {'; '.join(cell(t) for t in below)}" if below else "") + ".")
+        chance = {}
     if chance:
         below = [t for t in chance if round(m["frozen", t], 6) <= round(chance[t], 6)]  # a mean equal to chance is a tie
         others = {"finetune": "fine-tuning", "multitask": "multi-task", "prefix": "prefix"}
@@ -494,26 +618,40 @@ def sanity_lines(long: pd.DataFrame, checks: dict) -> list[str]:
                    "finds nothing that generalises from train to dev and test. The other rows on these targets (chance "
                    "in brackets): " + "; ".join(f"{t} ({chance[t]:.1f}): {there(t) or 'no record'}" for t in below) + "."
                    if below else "."))
-    if ("finetune", "Avg") in m.index and ("frozen", "Avg") in m.index:
+    if ("finetune", "Avg") in m.index and ("frozen", "Avg") in m.index and ci is None:
         ok = m["finetune", "Avg"] > m["frozen", "Avg"]
         out.append(f"Fine-tuning beats the frozen lower bound on average: {'yes' if ok else 'NO'} "
                    f"({m['finetune', 'Avg']:.2f} vs {m['frozen', 'Avg']:.2f}).")
     d = checks.get("decontamination")
     if d is not None and len(d):
-        w = d.pivot(index="task", columns="split", values="dropped")
-        dropped = [f"{t} {int(r.get('dev', 0))}/{int(r.get('test', 0))}" for t, r in w.iterrows() if r.sum() > 0]
+        w = d.groupby("task", sort=False)[["before", "dropped"]].sum()
+        dropped = [f"{t} {int(r.dropped)} of {int(r.before)}" for t, r in w.iterrows() if r.dropped > 0]
         out.append("No target row is scored on text a model of this run was trained on; dev/test rows dropped by the "
-                   f"overlap filter: {', '.join(dropped) or 'none'}.")
+                   f"overlap filter (of the rows it examined): {', '.join(dropped) or 'none'}.")
     return out
 
 def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_dir, checks: dict | None = None,
-                diagnosis: pd.DataFrame | None = None) -> str:
-    """The prose of the Table 2 report: claims, sanity checks (given `checks`) and the frozen row's diagnosis (given
-    `diagnosis_table`), deviations, seeds and wall time, all computed."""
+                diagnosis: pd.DataFrame | None = None, claim_rows: Sequence[dict] = (), diffs: pd.DataFrame | None = None,
+                score_check: pd.DataFrame | None = None) -> str:
+    """The prose of the Table 2 report: claims with their intervals (`table2_evidence`), the check that predictions give
+    the recorded scores, sanity checks (given `checks`) and the frozen row's diagnosis (given `diagnosis_table`),
+    deviations, seeds and wall time, all computed."""
     hours, seeds = table2_compute_hours(ledger, prof, data_dir)
-    lines = [f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds}; every number is the mean ± std over "
-             f"seeds of ledger records in `results/ledger/` (config hash in each record). Total recorded compute: "
-             f"{hours:.2f} h of wall time.", "", "**Claims**", ""] + [f"- {c}" for c in claims(long)]
+    per_row = {m: int(g.n_seeds.max()) for m, g in long.groupby("method")} if len(long) else {}
+    lines = [f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds} (per row: "
+             + ", ".join(f"{m} {n}" for m, n in per_row.items() if m in METHODS) + "); every number is computed from "
+             "ledger records in `results/ledger/` (config hash in each record) and their per-example predictions "
+             f"against the committed rows in `results/rows/`. Total recorded compute: {hours:.2f} h of wall time.",
+             "", "**Claims** (A − B in accuracy points on the 8-target average; 95% paired bootstrap interval over test "
+             "rows — whole passages, paragraphs or contexts where rows share one — and seeds; the verdict is read off the "
+             "interval only)", ""] + [f"- {c}" for c in claims(claim_rows, diffs)]
+    missing = [x for x in METHODS if x not in per_row]
+    if missing:
+        lines += ["", f"Rows without records on these evaluation sets yet: {', '.join(METHOD_NAMES[x] for x in missing)}."]
+    if score_check is not None and len(score_check):
+        bad = score_check[~score_check.ok]
+        lines += ["", f"**Score check**: the per-example predictions of {len(score_check)} records give back their recorded "
+                  f"dev and test scores exactly" + (f", except {len(bad)}: {', '.join(bad.config_hash)}." if len(bad) else ".")]
     if checks: lines += ["", "**Sanity checks**", ""] + [f"- {c}" for c in sanity_lines(long, checks)]
     if diagnosis is not None and len(diag := diagnosis_lines(diagnosis, prof.max_length)):
         lines += ["", "**Diagnosis of the frozen row**", ""] + [f"- {c}" for c in diag] + ["", "Per target (%; `probe`: "
@@ -525,5 +663,5 @@ def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_di
                   f"{diagnosis.attrs.get('seconds', 0) / 60:.0f} min of recorded wall time, not counted above (a unit that found "
                   "its representations already cached records only its own work).", "",
                   diagnosis_markdown(diagnosis)]
-    lines += ["", "**Deviations from the paper**", ""] + [f"- {d}" for d in describe_deviations(prof, data_dir)]
+    lines += ["", "**Deviations from the paper**", ""] + [f"- {d}" for d in describe_deviations(prof, data_dir, checks)]
     return "\n".join(lines)
