@@ -251,10 +251,12 @@ def prepare_page(executed: Path, dst: Path, info: dict, tmp_root: str) -> None:
     nbformat.write(nb, dst)
 
 
-def copy_mathjax(docs: Path) -> None:
+def copy_assets(docs: Path) -> None:
+    "MathJax from the pip package jupyter-server-mathjax (the site must not need a CDN) and the site's extra CSS."
     import jupyter_server_mathjax
     src = Path(jupyter_server_mathjax.__file__).parent / "static"
     shutil.copytree(src, docs / "assets" / "mathjax", dirs_exist_ok=True)
+    shutil.copy2(ROOT / "scripts" / "site_extra.css", docs / "assets" / "extra.css")
 
 
 def build_mkdocs(docs: Path, site: Path) -> list[str]:
@@ -365,7 +367,7 @@ def main(argv=None) -> int:
         shutil.rmtree(docs, ignore_errors=True)
         for name in names:
             prepare_page(build / "nbs" / f"{name}.ipynb", docs / f"{name}.ipynb", infos[name], str(tmp))
-        copy_mathjax(docs)
+        copy_assets(docs)
         t0 = time.time()
         shutil.rmtree(site, ignore_errors=True)
         warnings = build_mkdocs(docs, site)

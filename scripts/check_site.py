@@ -7,8 +7,9 @@ run JavaScript in the page (an <img>'s naturalWidth, MathJax) and take screensho
 (Selenium Manager is never used: the driver path is given). Exits non-zero with a message per failed check:
 
 * every notebook in nbs/ has a page, and every local link on the home page (index.ipynb) resolves;
-* Table 2 (05_transfer): a <table> with "Prefix-based" and "rte" in it and the prefix row's rte cell starting with
-  the number in the committed reports/table2.csv (so the page shows the committed ledger's table);
+* Table 2 (05_transfer): a <table> with "Prefix-based" and "rte" in it, the prefix row's rte cell starting with
+  the number in the committed reports/table2.csv (so the page shows the committed ledger's table), and the whole
+  table fitting the page (a 1920 px wide window) rather than cut off on the right;
 * Table 3 (06_removal): a <table> with "Multi-tasking" and "rte" in it;
 * Figure 2 (07_sequential): an output <img> that has loaded (naturalWidth > 0);
 * 02_prefix: MathJax (served from the site, not a CDN) has typeset the formulas;
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,1000", "--hide-scrollbars"]
+         "--disable-dev-shm-usage", "--window-size=1920,1200", "--hide-scrollbars"]
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -134,6 +135,11 @@ def main(argv=None) -> int:
                 return row && col > 0 ? row.children[col].textContent.trim() : null;""", t)
             check(want is not None and cell is not None and cell.startswith(want),
                   f"Table 2 page: the prefix row's rte cell is {cell!r}; reports/table2.csv says {want}")
+            clip = driver.execute_script("""
+                const t = arguments[0], box = (t.closest('.jp-OutputArea-output') || t.parentElement).getBoundingClientRect();
+                return [Math.round(t.getBoundingClientRect().right - box.right), t.querySelectorAll('thead tr:first-child th').length];""", t)
+            check(clip[0] <= 1, f"Table 2 page: the whole table ({clip[1]} columns) fits the page at 1920 px"
+                                f"{'' if clip[0] <= 1 else f' ({clip[0]} px cut off on the right)'}")
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", t)
             time.sleep(0.5)
             driver.save_screenshot(str(site / "screenshot_table2.png"))
