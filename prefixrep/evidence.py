@@ -134,10 +134,11 @@ EXPERIMENTS = ("table2", "table3", "figure2")
 
 def claim_sentence(row: Mapping) -> str:
     "A claims.csv row as a sentence: estimate, interval, the paper's effect, the detectable effect and the verdict."
-    inside = "inside" if row["paper_effect_inside"] else "outside"
+    paper = (f"paper {row['paper_effect']:+.2f}, {'inside' if row['paper_effect_inside'] else 'outside'} our interval"
+             if pd.notna(row["paper_effect"]) else "the paper gives the direction, not a number")
+    kind = "" if row.get("interval", "paired bootstrap") == "paired bootstrap" else f"; {row['interval']} interval"
     return (f"{row['claim']}: {row['estimate']:+.2f} points, 95% interval [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] "
-            f"(paper {row['paper_effect']:+.2f}, {inside} our interval; smallest effect these data detect at 80% power: "
-            f"{row['mde']:.2f}) — **{row['verdict']}**.")
+            f"({paper}; smallest effect these data detect at 80% power: {row['mde']:.2f}{kind}) — **{row['verdict']}**.")
 
 def update_claims(reports_dir: str | Path, experiment: str, rows: Sequence[dict]) -> Path:
     "Replace `experiment`'s rows of `reports_dir/claims.csv` (created if missing) with `rows`; other experiments' stay."
