@@ -298,7 +298,9 @@ def main(argv=None) -> int:
     s = settings()
     skip_flags = set(s.get("tst_flags", "").split())
     build, site = a.build_dir.resolve(), a.site_dir.resolve()
-    data_dir = os.environ.get("PREFIXREP_DATA_DIR") or str(ROOT.parent / "shared" / "data")
+    # a relative $PREFIXREP_DATA_DIR (the README's `../shared/data`) counts from where this command was typed, not
+    # from nbs/ where the notebooks run
+    data_dir = str(Path(os.environ.get("PREFIXREP_DATA_DIR") or ROOT.parent / "shared" / "data").expanduser().resolve())
     tmp = Path(tempfile.mkdtemp(prefix="prefixrep-site-"))
     try:
         results_copy = tmp / "results"
