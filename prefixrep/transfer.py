@@ -32,8 +32,8 @@ __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'TABLE2_C
            'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key', 'run_transfer', 'latest_per_seed',
            'mean_std_cells', 'sample_std', 'table2_records', 'table2', 'wide_table', 'difference_table', 'write_table2',
            'paper_difference', 'table2_evidence', 'with_intervals', 'long_length_of', 'truncated_share',
-           'diagnose_frozen', 'diagnosis_table', 'diagnosis_markdown', 'diagnosis_lines', 'describe_deviations',
-           'claims', 'table2_compute_hours', 'sanity_lines', 'report_text']
+           'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals', 'diagnosis_markdown', 'diagnosis_lines',
+           'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -452,6 +452,23 @@ def diagnosis_table(ledger: pd.DataFrame, long: pd.DataFrame, prof: Profile, dat
     out.attrs["seconds"] = float(d.seconds.sum())
     return out
 
+def diagnosis_intervals(diag: pd.DataFrame, ledger: pd.DataFrame, long: pd.DataFrame, prof: Profile, data_dir,
+                        results_dir) -> pd.DataFrame:
+    """`diag` with the lower ends of the 95% intervals (`frozen_lo`, `probe_lo`, `long_lo`) where the records carry
+    per-example predictions, so that "above chance" is read off an interval, not a point estimate."""
+    key = profile_key(prof, data_dir)
+    if ledger.empty or diag.empty: return diag
+    d = ledger[ledger.profile_hash.eq(key["profile_hash"]) & ledger.data.eq(key["data"])]
+    out = diag.copy()
+    if "ci_low" in long: out["frozen_lo"] = long[long.method == "frozen"].set_index("task").ci_low.reindex(out.index)
+    for col, method in (("probe", "frozen_probe"), ("long", "frozen_long")):
+        recs = latest_per_seed(d[d.method == method], ["task", "seed"] if method == "frozen_long" else ["task"])
+        if recs.empty or "pred_test" not in recs: continue
+        if method == "frozen_long": recs = recs[recs.max_length == recs.groupby("task").max_length.transform("max")]
+        cells = cell_intervals(recs.assign(method=col), results_dir, [t for t in prof.target_tasks if t in set(recs.task)])
+        if len(cells): out[f"{col}_lo"] = cells[cells.task != "Avg"].set_index("task").ci_low.reindex(out.index)
+    return out
+
 def diagnosis_markdown(diag: pd.DataFrame) -> str:
     "`diagnosis_table` as Markdown: scores to 0.1, counts as integers, flags as yes/no, missing as '–'."
     def cell(v) -> str:
@@ -464,13 +481,15 @@ def diagnosis_lines(diag: pd.DataFrame, max_length: int) -> list[str]:
     """The diagnosis as sentences, for the targets where the frozen row does not beat chance. A score beats chance
     only if it is above it (a tie does not), as in `sanity_lines`."""
     if diag.empty or diag.probe.isna().all() or diag.frozen.isna().all(): return []
-    below = diag[diag.frozen.notna() & (diag.frozen.round(6) <= diag.chance.round(6))]
+    lo = lambda col: diag[f"{col}_lo"] if f"{col}_lo" in diag and diag[f"{col}_lo"].notna().any() else diag[col]
+    below = diag[diag.frozen.notna() & (lo("frozen").round(6) <= diag.chance.round(6))]
     if below.empty: return ["The frozen row beats chance on every target: nothing to diagnose."]
-    def beats(col: str, base: str = "chance") -> list[str]:
-        return [t for t, r in below.iterrows() if pd.notna(r[col]) and round(r[col], 6) > round(r[base], 6)]
+    def beats(col: str, base: str = "chance") -> list[str]:  # by the lower end of the 95% interval where there is one
+        return [t for t, r in below.iterrows() if pd.notna(r[col]) and round(lo(col)[t], 6) > round(r[base], 6)]
     def verdict(col: str, base: str = "chance") -> str:
         ok, n = beats(col, base), int(below[col].notna().sum())
-        return f"above chance on {len(ok)} of {n}" + (f" ({', '.join(ok)})" if ok else "")
+        return (f"above chance on {len(ok)} of {n}" + (" by the lower end of its 95% interval" if f"{col}_lo" in diag else "")
+                + (f" ({', '.join(ok)})" if ok else ""))
     def scores(col: str, base: str = "chance") -> str:
         return ", ".join(f"{t} {r[col]:.1f} (chance {r[base]:.1f})" for t, r in below.iterrows() if pd.notna(r[col]))
     def const(col: str, first: bool) -> str:
@@ -502,7 +521,8 @@ def diagnosis_lines(diag: pd.DataFrame, max_length: int) -> list[str]:
     found = set(beats("probe")) | set(beats("probe_all", "chance_all")) | set(beats("long"))
     none = [t for t in below.index if complete[t] and t not in found]
     if none:
-        out.append(f"So on {', '.join(none)} no check scores above chance: at these test sizes, neither a linear reader "
+        by = " by its 95% interval" if "probe_lo" in diag else ""
+        out.append(f"So on {', '.join(none)} no check scores above chance{by}: at these test sizes, neither a linear reader "
                    "of the same states, nor more target data, nor longer inputs find a signal in this backbone's frozen "
                    "representation. As far as these checks can tell, the failing sanity check is not explained by the "
                    "target head, the row cap or truncation.")
