@@ -123,6 +123,12 @@ def prepare_input(src: Path, dst: Path, skip_flags: set[str], experiment: bool) 
     return skipped
 
 
+# The parameters the committed reports were made with, where they differ from a notebook's defaults, so that the
+# page finds every unit in the ledger: Table 2 on the pool evaluation sets has no fine-tuning row yet (it is rerun with
+# dev-selected budgets) and skips the 512-token diagnosis heads (the README's "Reproduce" command says the same).
+REPORT_PARAMETERS = {"05_transfer": {"methods": "frozen prefix multitask", "long_inputs": False}}
+
+
 def execute(job: dict, env: dict, timeout: int) -> dict:
     "Run one notebook with papermill (a subprocess: one kernel per notebook); returns the job with its outcome."
     cmd = [sys.executable, "-m", "papermill", str(job["input"]), str(job["output"]), "--cwd", str(NBS),
@@ -167,8 +173,9 @@ def banner(name: str, info: dict) -> str:
         if r["new"]: parts.append("not in the committed `reports/`: " + ", ".join(f"`{x}`" for x in r["new"]))
         if r["not_compared"]: parts.append("not compared (embeds its creation time): " + ", ".join(f"`{x}`" for x in r["not_compared"]))
         rep = "; ".join(parts) if parts else "none"
+        extra = "".join(f", `{k}={v!r}`" for k, v in REPORT_PARAMETERS.get(name, {}).items())
         return (f"> **About this page.** `nbs/{name}.ipynb`, {when}: every cell, with the parameters cell's defaults "
-                f"(`small` profile), `results_dir` pointing at a temporary copy of the committed `results/`, and "
+                f"(`small` profile{extra}), `results_dir` pointing at a temporary copy of the committed `results/`, and "
                 f"`cache_dir` and `reports_dir` at temporary folders (the checkout is never written). {led[0].upper() + led[1:]}. "
                 f"Reports it wrote: {rep}.")
     skipped = info["skipped"]
@@ -333,6 +340,7 @@ def main(argv=None) -> int:
             parameters = {}
             if experiment:
                 parameters = {"results_dir": results_copy, "cache_dir": tmp / "cache", "reports_dir": tmp / "reports" / name}
+                parameters.update(REPORT_PARAMETERS.get(name, {}))
             jobs.append(dict(name=name, input=inp, output=out, stamp=stamp, stamp_file=stamp_file, skipped=skipped,
                              mode="experiment" if experiment else "library", parameters=parameters))
         failed = []
