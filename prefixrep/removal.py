@@ -260,8 +260,8 @@ def claims3(long: pd.DataFrame, effects: pd.DataFrame, prof: Profile, n_test: di
     m, out = long.set_index(["method", "selection", "task"])["mean"], []
     targets = list(prof.target_tasks)
     out += [claim_sentence(r) for r in claims3_rows(long, effects, prof, n_test)]
-    for k in sorted({int(x[-1]) for x in long.method if x.startswith("remove_le")}):
-        o, r = _gain(m, (f"remove_le{k}", "oracle")), _row_gap(m, (f"remove_le{k}", "dev"), ("prefix", "none"), targets, n_test or {})
+    for k in sorted({int(x[-1]) for x in long.method if x.startswith("remove_le")}) if n_test else []:
+        o, r = _gain(m, (f"remove_le{k}", "oracle")), _row_gap(m, (f"remove_le{k}", "dev"), ("prefix", "none"), targets, n_test)
         if o is None or r is None: continue
         n_sets = len(removal_sets(prof.source_tasks, k))
         null = r.se * expected_max_normal(n_sets)

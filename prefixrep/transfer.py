@@ -260,12 +260,17 @@ def sample_std(x: pd.Series) -> float:
     return float(x.std(ddof=1)) if len(x) > 1 else 0.0
 
 def table2_records(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
-    "The ledger records of this profile's Table 2 units: the newest per (method, task, seed)."
+    """The ledger records of this profile's Table 2 units: the newest per (method, task, seed), and only seeds that have
+    every target for their method, so that every cell, the average and every interval count the same seeds (a seed
+    still running joins the table when it is complete)."""
     key = profile_key(prof, data_dir)
     if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame()
     ours = ledger.profile_hash.eq(key["profile_hash"]).where(  # fine-tuning rows: the fp32 key, whatever the dtype
         ledger.method != "finetune", ledger.profile_hash.eq(finetune_key(prof, data_dir)["profile_hash"]))
-    return latest_per_seed(ledger[ours & (ledger.data == key["data"]) & ledger.method.isin(METHODS)], ["method", "task", "seed"])
+    df = latest_per_seed(ledger[ours & (ledger.data == key["data"]) & ledger.method.isin(METHODS)], ["method", "task", "seed"])
+    if df.empty: return df
+    full = df.groupby(["method", "seed"]).task.transform(lambda t: set(prof.target_tasks) <= set(t))
+    return df[full.astype(bool)]
 
 def table2(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
     "Long-format Table 2 (method, task, mean, std, n_seeds, profile, backbone, paper) from ledger records."
@@ -550,12 +555,14 @@ def describe_deviations(prof: Profile, data_dir, checks: dict | None = None) -> 
                    f"max length {prof.max_length} tokens.")
         out.append("Evaluation sets (the pool policy, not the paper's split): every labelled target row outside the train "
                    "budget — the train split beyond the cap, the dev and test parts, and MRPC's labelled official test "
-                   f"split — is evaluation data; dev takes {prof.dev_rows} rows (at least {prof.min_dev_rows} where the "
-                   f"pool is short), test up to {prof.test_rows}, whole passages/paragraphs/contexts in a random order "
-                   f"(split seed {prof.split_seed}), after the overlap filter"
+                   f"split — is evaluation data; dev takes about {prof.dev_rows} rows (whole groups: it may overshoot; at "
+                   f"least {prof.min_dev_rows} where the pool is short), test up to {prof.test_rows}, whole "
+                   f"passages/paragraphs/contexts in a random order (split seed {prof.split_seed}), after the overlap filter"
                    + (": " + ", ".join(f"{t} train {n['train']} / dev {n['dev']} / test {n['test']}" for t, n in sizes.items())
-                      if sizes else "") + ". Where the labelled data is short of the 1,500-test-row aim (rte: 2,767 "
-                   "labelled rows in all) dev keeps its minimum and test gets the rest.")
+                      if sizes else "") + "."
+                   + (f" Where the labelled pool is short ({', '.join(short)}), dev keeps about its minimum and test gets "
+                      "the rest." if (short := [t for t, n in sizes.items() if prof.test_rows and n['test'] < prof.test_rows * 0.99])
+                      else ""))
     else:
         out.append(f"Row caps: source training pools ≤ {prof.source_train_rows}, target train ≤ {prof.target_train_rows}, "
                    f"dev/test ≤ {prof.eval_rows} each (fixed random subsets, split seed {prof.split_seed}); "
@@ -580,17 +587,14 @@ def claims(claim_rows: Sequence[dict], diffs: pd.DataFrame | None = None) -> lis
     without predictions for both methods on every target says so), and how many targets decide prefix − multi-task."""
     done = {r["claim"]: r for r in claim_rows}
     out = [claim_sentence(done[c]) if c in done else
-           f"{c}: not decided here — no {a if not _has(diffs, a, b) else b} records with per-example predictions on "
-           "every target of these evaluation sets yet." for a, b, c in TABLE2_CLAIMS]
+           f"{c}: not decided here — {a} and {b} do not both have records with per-example predictions on every target "
+           "of these evaluation sets yet." for a, b, c in TABLE2_CLAIMS]
     if diffs is not None and len(diffs) and (per := diffs[(diffs.comparison == "prefix - multitask") & (diffs.task != "Avg")]).shape[0]:
         ahead, behind = per[per.ci_low > 0].task.tolist(), per[per.ci_high < 0].task.tolist()
         out.append(f"Per target, the prefix − multi-task interval excludes 0 on {len(ahead) + len(behind)} of {len(per)} "
                    f"targets: prefix ahead on {', '.join(ahead) or 'none'}, behind on {', '.join(behind) or 'none'} "
                    f"(each target's interval and McNemar p-value: `table2.csv`, `mcnemar_p` in the differences).")
     return out
-
-def _has(diffs: pd.DataFrame | None, a: str, b: str) -> bool:
-    return diffs is not None and len(diffs) > 0 and (diffs.comparison == f"{a} - {b}").any()
 
 def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple[float, list[int]]:
     """Recorded compute of Table 2's units only: its target units, plus the source prefixes and the multi-task model
