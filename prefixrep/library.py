@@ -17,8 +17,7 @@ from .core import PROFILES, Ledger, get_profile, write_json
 from .data import DataSource, Example, Task, encode
 from .prefix import (PrefixEncoder, backbone_fingerprint, backbone_id, load_backbone, load_prefix,
                               read_prefix_meta, save_prefix)
-from .target import Features, extract_features, fit_target_head, head_accuracy, eval_batches
-from .training import group_logits
+from .target import Features, extract_features, fit_target_head, head_accuracy, head_predictions
 
 # %% auto #0
 __all__ = ['Text', 'LIBRARY_FORMAT', 'MANIFEST', 'PRETRAINED_DIR', 'as_examples', 'user_task', 'Representations', 'FittedHead',
@@ -200,11 +199,7 @@ class PrefixLibrary:
     @torch.no_grad()
     def predict(self, head: FittedHead, texts: Sequence[Text], progress: bool = False) -> list[int]:
         "Predicted class ids of `texts` (encoded with the prefixes `head` was trained with)."
-        f = self.encode(texts, head.tasks, progress).features
-        head.head.eval(); pred = [0] * len(f)
-        for idx, states, mask, nv in eval_batches(f):
-            for i, p in zip(idx, group_logits(head.head(states, mask), nv, head.task).argmax(-1).tolist()): pred[i] = p
-        return pred
+        return head_predictions(head.head, self.encode(texts, head.tasks, progress).features, head.task)
 
 def pretrained_names() -> list[str]:
     "The libraries shipped inside the package."

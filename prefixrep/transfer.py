@@ -404,7 +404,8 @@ def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=No
     raw_t, _, _ = prepare_raw(prof, data_dir)
     raw_all, _, checks_all = prepare_raw(prof, data_dir, replace(prof, target_train_rows=None)) \
         if prof.eval_policy == "paper" else (raw_t, None, None)
-    short, longer, every = (encode_all(r, tok, n) for r, n in ((raw_t, prof.max_length), (raw_t, L), (raw_all, prof.max_length)))
+    short, longer = (encode_all(raw_t, tok, n) for n in (prof.max_length, L))
+    every = encode_all(raw_all, tok, prof.max_length) if checks_all else short  # the pool policy has no larger train split
     rep, records = representation_id(enc), []
     def probe(method: str, t: str, splits: dict, out: dict) -> dict:
         cfg = {"method": method, "task": t, "representation": rep, "wds": list(PROBE_WDS), "v": 3,
