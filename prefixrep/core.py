@@ -52,6 +52,7 @@ class Profile:
     prefix_steps: int | None = None     # if set, overrides prefix_epochs
     prefix_lr: float = 5e-3
     prefix_wd: float = 1e-5
+    prefix_eval_every: int | None = None  # learning curve: source dev every this many steps, best-dev checkpoint kept
     # target heads on fixed representations (A.2)
     head_batch: int = 32
     head_epochs: int = 80
@@ -62,6 +63,7 @@ class Profile:
     multitask_steps: int = 400_000
     multitask_lr: float = 1e-5
     multitask_wd: float = 1e-5
+    multitask_eval_every: int | None = None  # learning curve: mean source dev every this many steps, best kept
     # full fine-tuning upper bound (not given in the paper: our choice, stated in the reports)
     finetune_batch: int = 16
     finetune_epochs: float = 10

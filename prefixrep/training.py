@@ -5,6 +5,7 @@
 # %% ../nbs/03_training.ipynb #904d52a5
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -22,8 +23,8 @@ from .data import Encoded, Task, bucket_batches, collate, get_task
 # %% auto #0
 __all__ = ['UNIT_VERSION', 'MLPHead', 'head_outputs', 'group_logits', 'n_correct', 'BatchStream', 'NonFiniteLoss', 'train_steps',
            'device_of', 'encoder_states', 'head_loss', 'predict_head', 'encode_predictions', 'decode_predictions',
-           'accuracy', 'evaluate_head', 'prefix_steps', 'prefix_unit', 'train_source_prefix', 'multitask_unit',
-           'train_multitask', 'finetune_steps', 'finetune_target']
+           'accuracy', 'evaluate_head', 'prefix_steps', 'prefix_unit', 'curve_key', 'train_source_prefix',
+           'multitask_unit', 'train_multitask', 'finetune_steps', 'finetune_target']
 
 # %% ../nbs/03_training.ipynb #c0c945a9
 class MLPHead(nn.Module):
@@ -81,24 +82,43 @@ class NonFiniteLoss(RuntimeError):
 
 def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Module], params: Sequence[nn.Parameter],
                 steps: int, lr: float, weight_decay: float, ckpt: Path | None = None, checkpoint_every: int = 200,
-                desc: str = "train", progress: bool = True) -> dict:
+                desc: str = "train", progress: bool = True, evaluate: Callable[[], float] | None = None,
+                eval_every: int = 0, on_eval: Callable[[int, float], None] | None = None) -> dict:
     """Run `steps` Adam steps of `loss_fn(step)` over `params`; checkpoint `modules` + optimiser atomically every
     `checkpoint_every` steps to `ckpt` and resume from it (weights, optimiser, RNG state and elapsed time). Returns
-    {'steps', 'loss' (mean of the last 50), 'resumed_from', 'train_seconds' (summed over resumes)}."""
+    {'steps', 'loss' (mean of the last 50), 'resumed_from', 'train_seconds' (summed over resumes)}.
+
+    **Learning curve**: with `evaluate` (the dev score of the current `modules`, or a dict of scores whose mean is
+    what selects) and `eval_every` > 0, `evaluate()` runs
+    every `eval_every` steps and after the last one; the result gains 'curve' ([[step, dev], ...]), 'best_step' and
+    'best_dev', and `modules` end up in the best evaluated state (a tie keeps the earlier step). `on_eval(step, dev)`
+    runs after each evaluation (e.g. to keep a snapshot). Evaluation draws no random numbers, so the weights at step
+    `s` of a long run are the weights a run of `s` steps ends with: one run gives every shorter budget."""
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     start, before, t0 = 0, 0.0, time.time()
+    curve, best = [], None  # best: (dev, step, state of `modules`)
     if ckpt is not None and Path(ckpt).exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         for k, m in modules.items(): m.load_state_dict(state["modules"][k])
         opt.load_state_dict(state["opt"]); start, before = state["step"], state.get("seconds", 0.0)
+        curve, best = state.get("curve", []), state.get("best")
         torch.set_rng_state(state["rng"])  # dropout draws continue as if never interrupted
         if torch.cuda.is_available() and state.get("cuda_rng") is not None: torch.cuda.set_rng_state_all(state["cuda_rng"])
     def save(step):
         if ckpt is not None:
             torch_save(ckpt, {"modules": {k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
                               "step": step, "seconds": before + time.time() - t0, "rng": torch.get_rng_state(),
-                              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
+                              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                              "curve": curve, "best": best})
+    def evaluate_now(step):
+        nonlocal best
+        dev = evaluate(); curve.append([step, dev])
+        score = float(np.mean(list(dev.values()))) if isinstance(dev, dict) else float(dev)
+        if best is None or score > best[0]:
+            best = (score, step, copy.deepcopy({k: m.state_dict() for k, m in modules.items()}))
+        if on_eval is not None: on_eval(step, dev)
+    tracking = evaluate is not None and eval_every > 0
     losses = []
     for step in tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not progress, mininterval=5):
         loss = loss_fn(step)
@@ -106,9 +126,14 @@ def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Mo
             raise NonFiniteLoss(f"{desc}: loss is {loss.item()} at step {step}; the unit is stopped (lower the learning rate?)")
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         losses.append(loss.item())
+        if tracking and ((step + 1) % eval_every == 0 or step + 1 == steps): evaluate_now(step + 1)
         if (step + 1) % checkpoint_every == 0 and step + 1 < steps: save(step + 1)
-    return {"steps": steps, "loss": float(np.mean(losses[-50:])) if losses else float("nan"), "resumed_from": start,
-            "train_seconds": round(before + time.time() - t0, 2)}
+    out = {"steps": steps, "loss": float(np.mean(losses[-50:])) if losses else float("nan"), "resumed_from": start,
+           "train_seconds": round(before + time.time() - t0, 2)}
+    if tracking:
+        for k, m in modules.items(): m.load_state_dict(best[2][k])
+        out.update(curve=curve, best_step=best[1], best_dev=best[0])
+    return out
 
 # %% ../nbs/03_training.ipynb #6ef90d4d
 def device_of(module: nn.Module) -> torch.device:
@@ -168,7 +193,12 @@ def prefix_unit(profile: Profile, task: str, seed: int, backbone_fp: str, steps:
     return {"method": "source_prefix", "task": task, "seed": seed, "backbone": profile.backbone, "backbone_fp": backbone_fp,
             "steps": steps, "length": profile.prefix_length, "batch": profile.prefix_batch, "lr": profile.prefix_lr,
             "wd": profile.prefix_wd, "max_length": profile.max_length, "train_rows": profile.source_train_rows,
-            "split_seed": profile.split_seed, "train_data": data_hash(train), "v": UNIT_VERSION}
+            "split_seed": profile.split_seed, "train_data": data_hash(train), "v": UNIT_VERSION,
+            **curve_key(profile.prefix_eval_every)}
+
+def curve_key(eval_every: int | None) -> dict:
+    "What a unit's key says about its learning curve: nothing without one (so older keys stay valid), else its spacing."
+    return {"eval_every": int(eval_every)} if eval_every else {}
 
 def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,
                         store: Store, pad_id: int, steps: int | None = None, progress: bool = True) -> dict:
@@ -186,13 +216,19 @@ def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], pr
         encoder.add_prefix(task, profile.prefix_length, generator=g)
         head = MLPHead(encoder.hidden_size, head_outputs(t)).to(device_of(encoder))
         stream = BatchStream(splits["train"], profile.prefix_batch, seed)
+        def dev_accuracy() -> float:
+            return accuracy(predict_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch), splits["dev"])
+        def snapshot(step: int, dev: float):  # every evaluated prefix, so shorter budgets need no retraining
+            torch_save(store.cache_path("curves", f"{key}-{step}", ".pt"), {"prefix": encoder.prefixes[task].detach().clone(),
+                                                                             "head": head.state_dict(), "dev": dev})
         with encoder.activate(task):
             encoder.eval(); head.train()
             out = train_steps(lambda s: head_loss(encoder, head, t, stream.batch_at(s), pad_id),
                               {"prefix": _PrefixModule(encoder, task), "head": head},
                               encoder.prefix_parameters([task]) + list(head.parameters()), steps, profile.prefix_lr,
                               profile.prefix_wd, store.cache_path("ckpt", key, ".pt"), profile.checkpoint_every,
-                              desc=f"prefix {task} s{seed}", progress=progress)
+                              desc=f"prefix {task} s{seed}", progress=progress, evaluate=dev_accuracy,
+                              eval_every=profile.prefix_eval_every or 0, on_eval=snapshot)
             pred = predict_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch)
             dev = accuracy(pred, splits["dev"])
         save_prefix(encoder, task, path, meta={**cfg, "dev_accuracy": dev})
@@ -222,7 +258,8 @@ def multitask_unit(profile: Profile, data: dict, seed: int, steps: int) -> dict:
     return {"method": "multitask_model", "tasks": tasks, "seed": seed, "backbone": profile.backbone, "steps": steps,
             "batch": profile.multitask_batch, "lr": profile.multitask_lr, "wd": profile.multitask_wd,
             "max_length": profile.max_length, "train_rows": profile.source_train_rows, "split_seed": profile.split_seed,
-            "train_data": config_hash([data_hash(data[t]["train"]) for t in tasks]), "v": UNIT_VERSION}
+            "train_data": config_hash([data_hash(data[t]["train"]) for t in tasks]), "v": UNIT_VERSION,
+            **curve_key(profile.multitask_eval_every)}
 
 def train_multitask(encoder, data: dict[str, dict[str, list[Encoded]]], profile: Profile, seed: int, store: Store,
                     pad_id: int, steps: int | None = None, progress: bool = True) -> dict:
@@ -242,15 +279,18 @@ def train_multitask(encoder, data: dict[str, dict[str, list[Encoded]]], profile:
         def loss(s):
             t = tasks[order[s]]
             return head_loss(encoder, heads[t], get_task(t), streams[t].batch_at(int(seen[s, order[s]])), pad_id)
+        def dev_accuracy() -> dict[str, float]:
+            return {t: evaluate_head(encoder, heads[t], get_task(t), data[t]["dev"], pad_id, profile.eval_batch) for t in tasks}
         for p in encoder.model.parameters(): p.requires_grad_(True)
         encoder.train(); heads.train()
         out = train_steps(loss, {"encoder": encoder.model, "heads": heads},
                           list(encoder.model.parameters()) + list(heads.parameters()), steps, profile.multitask_lr,
                           profile.multitask_wd, store.cache_path("ckpt", key, ".pt"), profile.checkpoint_every,
-                          desc=f"multi-task s{seed}", progress=progress)
+                          desc=f"multi-task s{seed}", progress=progress, evaluate=dev_accuracy,
+                          eval_every=profile.multitask_eval_every or 0)
         for p in encoder.model.parameters(): p.requires_grad_(False)
         encoder.eval()
-        dev = {t: evaluate_head(encoder, heads[t], get_task(t), data[t]["dev"], pad_id, profile.eval_batch) for t in tasks}
+        dev = dev_accuracy()
         torch_save(weights, encoder.model.state_dict())
         store.cache_path("ckpt", key, ".pt").unlink(missing_ok=True)
         return {**out, "dev": dev, "weights": str(weights)}
