@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .core import TARGET_TASKS, Profile, Store
 from .data import get_task
 from .prefix import PrefixEncoder, load_backbone
-from .target import score_target
+from .target import TargetJob, run_target_jobs, target_job
 from .training import train_multitask, train_source_prefix
 from .evidence import claim_sentence, update_claims
 from .stats import BootResult, claims_row, expected_max_normal, normal_result, unpaired_se
@@ -27,7 +27,7 @@ from .transfer import (PAPER_TABLE2, check_params, describe_deviations, mean_std
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'UNPAIRED', 'removal_sets', 'removed_label', 'check_removal_params',
-           'score_targets', 'run_removal', 'removal_records', 'complete_seeds', 'select_subsets', 'aggregate', 'table3',
+           'target_jobs', 'run_removal', 'removal_records', 'complete_seeds', 'select_subsets', 'aggregate', 'table3',
            'removal_effects', 'wide3', 'claims3_rows', 'claims3', 'report_text3', 'effects_table', 'write_table3']
 
 # %% ../nbs/06_removal.ipynb #185fbdba
@@ -62,18 +62,11 @@ def check_removal_params(max_removed, keep_features) -> None:
         raise TypeError(f"max_removed must be a non-negative integer, got {max_removed!r}")
     if not isinstance(keep_features, bool): raise TypeError(f"keep_features must be True or False, got {keep_features!r}")
 
-def score_targets(encoder, method: str, targets: dict, prof: Profile, seed: int, store: Store, pad_id: int,
-                  data_key: dict, extra: dict | None = None, keep_features: bool = True, progress: bool = True,
-                  representation: str | None = None) -> list[dict]:
-    """Score `encoder`'s current representations on every target (one ledger unit each). With `keep_features=False`
-    the feature files this call created are deleted afterwards (files that were there before are kept)."""
-    feats = store.cache_dir / "features"
-    before = set(feats.glob("*.pt")) if not keep_features else set()
-    recs = [score_target(encoder, method, t, targets[t], prof, seed, store, pad_id, data_key, extra, progress=progress,
-                         representation=representation) for t in prof.target_tasks]
-    if not keep_features:
-        for f in set(feats.glob("*.pt")) - before: f.unlink(missing_ok=True)
-    return recs
+def target_jobs(encoder, method: str, targets: dict, prof: Profile, seed: int, store: Store, pad_id: int,
+                data_key: dict, extra: dict | None = None, representation: str | None = None) -> list[TargetJob]:
+    "One `target_job` per target task for `encoder`'s current representations (features computed now where missing)."
+    return [target_job(encoder, method, t, targets[t], prof, seed, store, pad_id, data_key, extra,
+                       representation=representation) for t in prof.target_tasks]
 
 def run_removal(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
                 reports_dir=None, backbone=None, device="auto", max_removed: int = 2, keep_features: bool = True,
@@ -88,15 +81,19 @@ def run_removal(seed: int = 0, profile: str | Profile = "small", data_dir=None, 
     model, tok = load_backbone(prof.backbone)
     pad = tok.pad_token_id
     targets, srcs, checks = prepare_data(prof, data_dir, tok, update_profile(prof))
-    kw = dict(keep_features=keep_features, progress=False)  # one progress bar over the subsets, not one per head
+    feats_dir = store.cache_dir / "features"
+    before = set(feats_dir.glob("*.pt"))
     enc = PrefixEncoder(model.to(dev), prof.prefix_length)
     for s in sources: train_source_prefix(enc, s, srcs[s], prof, seed, store, pad, progress=progress)  # Table 2's units
-    records = []
+    jobs = []  # first every subset's fixed representations, then all heads of a target as one batched run
     for removed in tqdm(sets, desc=f"removal subsets s{seed}", disable=not progress):
         enc.set_active([s for s in sources if s not in removed])
-        records += score_targets(enc, "removal", targets, up, seed, store, pad, key, {"removed": list(removed)}, **kw)
+        jobs += target_jobs(enc, "removal", targets, up, seed, store, pad, key, {"removed": list(removed)})
     build, name = multitask_encoder(prof, srcs, seed, store, pad, dev, progress=progress)  # Table 2's unit, built lazily
-    records += score_targets(build, "multitask", targets, up, seed, store, pad, key, representation=name, **kw)
+    jobs += target_jobs(build, "multitask", targets, up, seed, store, pad, key, representation=name)
+    records = run_target_jobs(jobs, store, up, progress)
+    if not keep_features:  # the feature files this run created (files that were there before are kept)
+        for f in set(feats_dir.glob("*.pt")) - before: f.unlink(missing_ok=True)
     out = pd.DataFrame(records)
     out.attrs.update(checks)
     return out

@@ -18,7 +18,7 @@ import pandas as pd
 from .core import Profile, Store, config_hash, data_hash, get_profile
 from .data import get_task
 from .prefix import PrefixEncoder, load_backbone
-from .target import score_target
+from .target import run_target_jobs, target_job
 from .training import MLPHead, head_outputs, multitask_unit, train_multitask, train_source_prefix
 from .evidence import claim_sentence, update_claims
 from .stats import BootResult, claims_row, normal_result, unpaired_se
@@ -82,54 +82,59 @@ class SequentialRun:
     pad_id: int
     progress: bool = True
 
-    def score(self, encoder: PrefixEncoder, method: str) -> dict:
-        "Accuracy of every target task on `encoder`'s fixed representations; features live in a scratch folder."
-        self.store.cache_dir.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="figure2-", dir=self.store.cache_dir))
-        try:
-            tmp = Store(self.store.results_dir, scratch)
-            recs = {t: score_target(encoder, method, t, self.targets[t], self.prof, self.seed, tmp, self.pad_id, self.key,
-                                    progress=False) for t in self.prof.target_tasks}
-        finally: shutil.rmtree(scratch, ignore_errors=True)
-        scores = {t: r["score"] for t, r in recs.items()}
-        return {"scores": scores, "dev": {t: r["dev"] for t, r in recs.items()}, "avg_score": float(np.mean(list(scores.values())))}
+    def representation(self, method: str, tasks: Sequence[str], steps: int) -> PrefixEncoder:
+        """The encoder of one round: the original one (`frozen`, round 0); the frozen one with the prefixes of `tasks` at
+        `steps` steps each, all active (`prefix`: each prefix trained once and reused); or the original backbone
+        fine-tuned on `tasks` for `steps` steps (`multitask`)."""
+        if method == "frozen":
+            self.encoder.set_active(()); return self.encoder
+        if method == "prefix":
+            for t in tasks: train_source_prefix(self.encoder, t, self.sources[t], self.prof, self.seed, self.store,
+                                                self.pad_id, steps=steps, progress=self.progress)
+            self.encoder.set_active(sorted(tasks)); return self.encoder
+        enc = PrefixEncoder(load_backbone(self.prof.backbone)[0].to(self.encoder.device), self.prof.prefix_length)
+        train_multitask(enc, {t: self.sources[t] for t in tasks}, self.prof, self.seed, self.store, self.pad_id, steps,
+                        self.progress)
+        return enc
 
-    def _timed(self, train, encoder_fn, method: str) -> dict:
-        t0 = time.time(); train(); t1 = time.time()
-        out = self.score(encoder_fn(), method)
-        return {**out, "train_seconds": round(t1 - t0, 2), "score_seconds": round(time.time() - t1, 2)}
-
-    def frozen(self) -> dict:
-        "Round 0: the original encoder, no prefix."
+    def prepare(self, method: str, tasks: Sequence[str], steps: int, scratch: Store) -> dict | None:
+        """Phase 1 of a round that is not recorded (None if it is): its representation, then its fixed representations
+        of every target, into `scratch` (one `target_job` per target). A multi-task model's weights are deleted
+        once its features are computed (except Table 2's own model, which its notebook reloads)."""
+        cfg = round_unit(method, tasks, steps, self.seed, self.key)
+        if config_hash(cfg) in self.store.ledger: return None
+        t0 = time.time()
+        enc = self.representation(method, tasks, steps)
+        t1 = time.time()
+        name = "frozen" if method == "frozen" else f"figure2_{method}"
+        jobs = [target_job(enc, name, t, self.targets[t], self.prof, self.seed, scratch, self.pad_id, self.key)
+                for t in self.prof.target_tasks]
         self.encoder.set_active(())
-        return self.store.ledger.run(round_unit("frozen", (), 0, self.seed, self.key),
-                                     lambda: self._timed(lambda: None, lambda: self.encoder, "frozen"))
+        if method == "multitask" and not (steps == self.prof.multitask_steps and sorted(tasks) == sorted(self.prof.source_tasks)):
+            self.store.cache_path("multitask", config_hash(multitask_unit(self.prof, {t: self.sources[t] for t in tasks},
+                                                                          self.seed, steps)), ".pt").unlink(missing_ok=True)
+        return {"cfg": cfg, "jobs": jobs, "train_seconds": t1 - t0}
 
-    def prefix_round(self, tasks: Sequence[str], steps: int) -> dict:
-        "Prefix-based: the prefixes of `tasks` at `steps` steps each (trained once, reused), all active."
-        enc = self.encoder
-        def train():
-            for t in tasks: train_source_prefix(enc, t, self.sources[t], self.prof, self.seed, self.store, self.pad_id,
-                                                steps=steps, progress=self.progress)
-            enc.set_active(sorted(tasks))
-        rec = self.store.ledger.run(round_unit("prefix", tasks, steps, self.seed, self.key),
-                                    lambda: self._timed(train, lambda: enc, "figure2_prefix"))
-        enc.set_active(())
-        return rec
+    def finish(self, pending: Sequence[dict], scratch: Store) -> None:
+        """Phase 2: the target heads of all `pending` rounds, one batched run per target across the rounds
+        (`run_target_jobs`), then each round's record: every target's accuracy and their average."""
+        recs = run_target_jobs([j for p in pending for j in p["jobs"]], scratch, self.prof, self.progress)
+        for i, p in enumerate(pending):
+            mine = dict(zip(self.prof.target_tasks, recs[i * len(p["jobs"]):(i + 1) * len(p["jobs"])]))
+            scores = {t: r["score"] for t, r in mine.items()}
+            out = {"scores": scores, "dev": {t: r["dev"] for t, r in mine.items()}, "avg_score": float(np.mean(list(scores.values()))),
+                   "train_seconds": round(p["train_seconds"], 2), "score_seconds": round(sum(r["seconds"] for r in mine.values()), 2)}
+            self.store.ledger.run(p["cfg"], lambda out=out: {**out, "seconds": out["train_seconds"] + out["score_seconds"]})
 
-    def multitask_round(self, tasks: Sequence[str], steps: int) -> dict:
-        "Multi-task: the original backbone, fine-tuned on `tasks` for `steps` steps; its weights are deleted afterwards."
-        prof, box = self.prof, {}
-        def train():
-            box["enc"] = PrefixEncoder(load_backbone(prof.backbone)[0].to(self.encoder.device), prof.prefix_length)
-            train_multitask(box["enc"], {t: self.sources[t] for t in tasks}, prof, self.seed, self.store,
-                                       self.pad_id, steps, self.progress)
-        rec = self.store.ledger.run(round_unit("multitask", tasks, steps, self.seed, self.key),
-                                    lambda: self._timed(train, lambda: box["enc"], "figure2_multitask"))
-        table2_model = steps == prof.multitask_steps and sorted(tasks) == sorted(prof.source_tasks)
-        if not table2_model:  # Table 2's own multi-task model is kept: its notebook reloads it
-            self.store.cache_path("multitask", config_hash(multitask_unit(prof, {t: self.sources[t] for t in tasks}, self.seed, steps)), ".pt").unlink(missing_ok=True)
-        return rec
+    def rounds(self, plan: Sequence[tuple[str, int, tuple]]) -> list[dict]:
+        "Run (or read) the round units `plan` as one batch: features in a scratch folder that is removed afterwards."
+        self.store.cache_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Store(self.store.results_dir, Path(tempfile.mkdtemp(prefix="figure2-", dir=self.store.cache_dir)))
+        try:
+            pending = [p for m, steps, tasks in plan if (p := self.prepare(m, tasks, steps, scratch)) is not None]
+            if pending: self.finish(pending, scratch)
+        finally: shutil.rmtree(scratch.cache_dir, ignore_errors=True)
+        return [self.store.ledger.get(config_hash(round_unit(m, tasks, steps, self.seed, self.key))) for m, steps, tasks in plan]
 
 # %% ../nbs/07_sequential.ipynb #8370485c
 def round_plan(prof: Profile, methods: Sequence[str] = SEQ_METHODS, reverse: bool = False) -> list[tuple[str, int, tuple]]:
@@ -140,9 +145,11 @@ def round_plan(prof: Profile, methods: Sequence[str] = SEQ_METHODS, reverse: boo
 
 def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
                    reports_dir=None, backbone=None, device="auto", methods: Sequence[str] = SEQ_METHODS,
-                   progress: bool = True, extract_dtype: str | None = None, reverse: bool = False) -> pd.DataFrame:
+                   progress: bool = True, extract_dtype: str | None = None, reverse: bool = False,
+                   rounds_per_batch: int = 8) -> pd.DataFrame:
     """Run (or resume) one seed of Figure 2; returns this seed's round records (round 0 included). `reverse` walks
-    the plan last unit first, for a second process sharing the seed."""
+    the plan last unit first, for a second process sharing the seed. The target heads of `rounds_per_batch`
+    consecutive rounds are trained as one batched run per target (their features wait in a scratch folder)."""
     p = check_params(seed, profile, data_dir, results_dir, cache_dir, reports_dir, backbone, device, extract_dtype)
     bad = set(methods) - set(SEQ_METHODS)
     if bad: raise ValueError(f"unknown method(s) {sorted(bad)}; choose from {SEQ_METHODS}")
@@ -157,9 +164,9 @@ def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=Non
     key = {**profile_key(prof, p["data_dir"]), "rows": rows}  # changed data is a new round, not a stale record
     run = SequentialRun(prof, p["seed"], Store(p["results_dir"], p["cache_dir"]), key,
                         targets, sources, PrefixEncoder(model.to(p["device"]), prof.prefix_length), tok.pad_token_id, progress)
-    records = [run.frozen()]
-    for method, steps, tasks in round_plan(base, methods, reverse):
-        records.append((run.prefix_round if method == "prefix" else run.multitask_round)(tasks, steps))
+    if rounds_per_batch < 1: raise ValueError(f"rounds_per_batch must be at least 1, got {rounds_per_batch}")
+    plan = [("frozen", 0, ())] + round_plan(base, methods, reverse)
+    records = [r for i in range(0, len(plan), rounds_per_batch) for r in run.rounds(plan[i:i + rounds_per_batch])]
     out = pd.DataFrame(records)
     out.attrs.update(checks)
     return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -18,16 +20,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import EXTRACT_DTYPES, Profile, Store, config_hash, data_hash, dtype_key, seed_everything, torch_save, write_json
+from .core import EXTRACT_DTYPES, Profile, Store, config_hash, data_hash, dtype_key, provenance, seed_everything, torch_save, write_json
 from .data import Encoded, Task, bucket_batches, get_task
 from .training import MLPHead, device_of, encoder_states, decode_predictions, encode_predictions, group_logits, head_outputs
 
 # %% auto #0
-__all__ = ['KEEP_EVAL_BYTES', 'PROBE_WDS', 'SPLITS', 'Features', 'tensor_hash', 'representation_id', 'extract_features',
-           'cached_features', 'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right',
-           'head_predictions', 'head_accuracy', 'fit_target_head', 'train_target_head', 'pooled_states', 'fit_probe',
-           'probe_predictions', 'probe_accuracy', 'linear_probe', 'split_rows_hash', 'write_rows', 'split_features',
-           'score_target', 'eval_rows_keys']
+__all__ = ['SHARD_ROWS', 'KEEP_EVAL_BYTES', 'HEAD_VERSION', 'FEATURE_BUDGET', 'PROBE_WDS', 'SPLITS', 'Features', 'tensor_hash',
+           'representation_id', 'extract_features', 'features_path', 'load_features', 'cached_features', 'CLSAttention',
+           'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right', 'head_predictions', 'head_accuracy',
+           'fit_target_head', 'train_target_head', 'dropout_noise', 'head_noise', 'FeatureStack', 'stacked_predictions',
+           'fit_target_heads', 'train_target_heads', 'pooled_states', 'fit_probe', 'probe_predictions',
+           'probe_accuracy', 'linear_probe', 'split_rows_hash', 'write_rows', 'split_features', 'TargetJob',
+           'target_job', 'run_target_jobs', 'score_target', 'eval_rows_keys']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -68,39 +72,77 @@ def representation_id(encoder) -> str:
     prefixes = sorted(tensor_hash(encoder.prefixes[n]) for n in encoder.active)
     return config_hash({"backbone": backbone_fingerprint(encoder.model), "prefixes": prefixes})
 
+SHARD_ROWS = 2048  # examples per resumable extraction shard
+
+def _shards(batches: list[list[int]], rows: int) -> list[list[list[int]]]:
+    "Consecutive batches grouped into shards of about `rows` examples (the batches themselves are unchanged)."
+    out, n = [[]], 0
+    for b in batches:
+        if n >= rows: out.append([]); n = 0
+        out[-1].append(b); n += len(b)
+    return out
+
 @torch.no_grad()
 def extract_features(encoder, data: Sequence[Encoded], pad_id: int, batch_size: int = 64,
-                     progress: bool = False, dtype: str = "float32") -> Features:
-    """Run the frozen `encoder` (with its active prefixes) once over `data`; keep every view's real-token states.
-    `dtype="bfloat16"` runs the encoder under bf16 autocast (a fast path on some CPUs: `fast_bf16`)."""
+                     progress: bool = False, dtype: str = "float32", shard_dir: str | Path | None = None,
+                     shard_rows: int = SHARD_ROWS) -> Features:
+    """Run the frozen `encoder` (with its active prefixes) once over `data`; keep every view's real-token states (fp16).
+    `dtype="bfloat16"` runs the encoder under bf16 autocast (a fast path on some CPUs: `fast_bf16`). With `shard_dir`,
+    every `shard_rows` examples' states are written there as they finish and found there on a rerun, so a killed
+    extraction resumes where it stopped; the batches (hence the numbers) are the same with or without shards."""
     if dtype not in EXTRACT_DTYPES: raise ValueError(f"dtype must be one of {EXTRACT_DTYPES}, got {dtype!r}")
     encoder.eval()
     autocast = torch.autocast(device_of(encoder).type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     per_view: list = [None] * sum(len(e.input_ids) for e in data)
     first = np.concatenate([[0], np.cumsum([len(e.input_ids) for e in data])])
-    for idx in tqdm(bucket_batches([e.length for e in data], batch_size), desc="fixed representations",
-                    disable=not progress, mininterval=5):
-        batch = [data[i] for i in idx]
-        with autocast: states, b = encoder_states(encoder, batch, pad_id)
-        lens = b["attention_mask"].sum(1).tolist()
-        views = [v for i in idx for v in range(first[i], first[i + 1])]
-        for row, (v, n) in enumerate(zip(views, lens)): per_view[v] = states[row, :n].to("cpu", torch.float16)
+    shards = _shards(bucket_batches([e.length for e in data], batch_size), shard_rows if shard_dir else len(data) + 1)
+    bar = tqdm(total=len(data), desc="fixed representations", disable=not progress, mininterval=5)
+    for i, shard in enumerate(shards):
+        path = Path(shard_dir) / f"{i:05d}.pt" if shard_dir else None
+        if path is not None and path.exists():
+            done = torch.load(path, map_location="cpu", weights_only=True)
+            for v, s in zip(done["views"].tolist(), torch.split(done["tokens"], done["lengths"].tolist())): per_view[v] = s
+            bar.update(sum(map(len, shard))); continue
+        for idx in shard:
+            batch = [data[j] for j in idx]
+            with autocast: states, b = encoder_states(encoder, batch, pad_id)
+            lens = b["attention_mask"].sum(1).tolist()
+            views = [v for j in idx for v in range(first[j], first[j + 1])]
+            for row, (v, n) in enumerate(zip(views, lens)): per_view[v] = states[row, :n].to("cpu", torch.float16)
+            bar.update(len(idx))
+        if path is not None:
+            views = [v for idx in shard for j in idx for v in range(first[j], first[j + 1])]
+            torch_save(path, {"views": torch.tensor(views), "lengths": torch.tensor([len(per_view[v]) for v in views]),
+                              "tokens": torch.cat([per_view[v] for v in views])})
+    bar.close()
     return Features(torch.cat(per_view), torch.tensor([len(s) for s in per_view]),
                     torch.tensor([len(e.input_ids) for e in data]), torch.tensor([e.label for e in data]),
                     [tuple(e.gold) for e in data])
 
-def cached_features(encoder, task: str, split: str, data: Sequence[Encoded], store: Store, pad_id: int,
-                    data_key: dict, batch_size: int = 64, progress: bool = False, dtype: str = "float32") -> Features:
-    """Fixed representations of one split, computed once per (encoder + prefixes, task, split, data, dtype) and cached.
-    fp32 keys carry no dtype, so caches written before bf16 existed stay valid."""
+def features_path(encoder, task: str, split: str, data: Sequence[Encoded], store: Store, data_key: dict,
+                  dtype: str = "float32") -> Path:
+    """Where the cached fixed representations of one split live: keyed by (encoder + prefixes, task, split, data,
+    dtype). fp32 keys carry no dtype, so caches written before bf16 existed stay valid."""
     key = config_hash({"rep": representation_id(encoder), "task": task, "split": split, "rows": data_hash(data), **data_key,
                        **dtype_key(dtype)})
-    path = store.cache_path("features", key, ".pt")
-    if path.exists():
-        return Features(**torch.load(path, map_location="cpu", weights_only=False))
-    f = extract_features(encoder, data, pad_id, batch_size, progress, dtype)
-    torch_save(path, f.state())
-    return f
+    return store.cache_path("features", key, ".pt")
+
+def load_features(path: str | Path, mmap: bool = False) -> Features:
+    "Cached `Features`; `mmap=True` maps the file instead of reading it (pages are read when a batch touches them)."
+    return Features(**torch.load(path, map_location="cpu", weights_only=False, mmap=mmap))
+
+def cached_features(encoder, task: str, split: str, data: Sequence[Encoded], store: Store, pad_id: int,
+                    data_key: dict, batch_size: int = 64, progress: bool = False, dtype: str = "float32",
+                    mmap: bool = False) -> Features:
+    """Fixed representations of one split, computed once (resumably, in shards beside the cache file) and cached."""
+    path = features_path(encoder, task, split, data, store, data_key, dtype)
+    if not path.exists():
+        parts = path.with_suffix(".parts")
+        f = extract_features(encoder, data, pad_id, batch_size, progress, dtype, shard_dir=parts)
+        torch_save(path, f.state())
+        shutil.rmtree(parts, ignore_errors=True)
+        if not mmap: return f
+    return load_features(path, mmap)
 
 # %% ../nbs/04_target.ipynb #79f22264
 class CLSAttention(nn.Module):
@@ -112,15 +154,16 @@ class CLSAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden) for _ in range(4))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        "states [V, T, H], mask [V, T] (True = real token) -> attention output at CLS [V, H]."
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        "states [V, T, H], mask [V, T] (True = real token) -> attention output at CLS [V, H]. `noise`: a given dropout mask."
         V, T, H = states.shape
         q = self.q(states[:, 0]).view(V, self.h, self.d) / math.sqrt(self.d)
-        u = torch.einsum("vnd,hnd->vnh", q, self.k.weight.view(self.h, self.d, H).permute(2, 0, 1))  # W^K_h q_h
-        scores = torch.einsum("vth,vnh->vnt", states, u).masked_fill(~mask[:, None, :], float("-inf"))
-        a = self.drop(scores.softmax(-1))
-        m = torch.einsum("vnt,vth->vnh", a, states)                                                   # sum_t a_t s_t
-        ctx = torch.einsum("vnh,ndh->vnd", m, self.v.weight.view(self.h, self.d, H)) + self.v.bias.view(self.h, self.d)
+        # batched matrix products on views of `states` (no copy of the token states, also under `vmap`)
+        u = (q.transpose(0, 1) @ self.k.weight.view(self.h, self.d, H)).transpose(0, 1)          # [V, heads, H]: W^K_h q_h
+        scores = (u @ states.transpose(1, 2)).masked_fill(~mask[:, None, :], float("-inf"))        # [V, heads, T]
+        a = self.drop(scores.softmax(-1)) if noise is None else scores.softmax(-1) * noise
+        m = a @ states                                                                             # sum_t a_t s_t
+        ctx = (m.transpose(0, 1) @ self.v.weight.view(self.h, self.d, H).transpose(1, 2)).transpose(0, 1) + self.v.bias.view(self.h, self.d)
         return self.o(ctx.reshape(V, H))
 
 class TargetHead(nn.Module):
@@ -130,8 +173,10 @@ class TargetHead(nn.Module):
         self.attn = CLSAttention(hidden, math.gcd(hidden, n_heads), dropout)
         self.norm, self.mlp = nn.LayerNorm(hidden), MLPHead(hidden, n_out, dropout)
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm(states[:, 0] + self.attn(states, mask)))
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        "`noise`: the dropout masks (attention, MLP input, MLP hidden) to use instead of drawing them (`head_noise`)."
+        attn = self.attn(states, mask, None if noise is None else noise[0])
+        return self.mlp(self.norm(states[:, 0] + attn), None if noise is None else noise[1:])
 
 # %% ../nbs/04_target.ipynb #e27a06eb
 def eval_batches(feats: Features, batch_size: int = 256) -> Iterator[tuple]:
@@ -197,6 +242,130 @@ def train_target_head(feats: dict[str, Features], task: str | Task, profile: Pro
     pred = {s: head_predictions(head, feats[s], t) for s in ("dev", "test")}
     return {"dev": dev, "best_epoch": epoch, "score": n_right(pred["test"], feats["test"], range(len(feats["test"])))
             / max(len(feats["test"]), 1), **{f"pred_{s}": encode_predictions(p) for s, p in pred.items()}}
+
+# %% ../nbs/04_target.ipynb #64bbe04e
+HEAD_VERSION = 2          # recorded by units trained by `fit_target_heads` (1 = one head at a time, `fit_target_head`)
+FEATURE_BUDGET = 4 << 30  # bytes of stacked fp16 features a batched run may copy into memory; above it, it streams
+
+def dropout_noise(shape: Sequence[int], p: float, generator: torch.Generator) -> torch.Tensor:
+    "The scaled mask `F.dropout(x, p)` multiplies an `x` of `shape` by, drawn from `generator` (same draws, same order)."
+    return torch.empty(tuple(shape)).bernoulli_(1 - p, generator=generator).div_(1 - p)
+
+def head_noise(head: TargetHead, shapes: Sequence[tuple[int, int]], V: int, T: int,
+               generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...]:
+    """The dropout masks of one training forward of K heads: head k, with a batch of V_k views padded to T_k tokens
+    (`shapes[k]`), draws its attention mask [V_k, heads, T_k], then its MLP input and hidden masks [V_k, H], from
+    `generators[k]` (the order its own forward draws them in); each is zero-padded to [K, V, heads, T] / [K, V, H]."""
+    p, H, nh = head.attn.drop.p, head.norm.normalized_shape[0], head.attn.h
+    out = (torch.zeros(len(shapes), V, nh, T), torch.zeros(len(shapes), V, H), torch.zeros(len(shapes), V, H))
+    for k, ((v, t), g) in enumerate(zip(shapes, generators)):
+        out[0][k, :v, :, :t] = dropout_noise((v, nh, t), p, g)
+        out[1][k, :v], out[2][k, :v] = dropout_noise((v, H), p, g), dropout_noise((v, H), p, g)
+    return out
+
+class FeatureStack:
+    """One split's fixed representations for K heads (the same rows; heads may share a `Features`), gathered into
+    padded batches [K, V, T, H]. The distinct feature sets are stacked once, with a zero row for padding, if that copy
+    fits in `budget` bytes; otherwise every batch is gathered head by head (streaming): the same numbers."""
+    def __init__(self, feats: Sequence[Features], budget: int = FEATURE_BUDGET):
+        uniq = list({id(f): f for f in feats}.values())
+        self.ref, self.feats = uniq[0], list(feats)
+        for f in uniq[1:]:
+            if not all(torch.equal(getattr(f, a), getattr(self.ref, a)) for a in ("lengths", "n_views", "labels")):
+                raise ValueError("batched heads need features of the same rows (same views, token counts and labels)")
+        self.source = torch.tensor([next(u for u, g in enumerate(uniq) if g is f) for f in feats])
+        self.nbytes = len(uniq) * self.ref.tokens.numel() * self.ref.tokens.element_size()
+        self.streaming = self.nbytes > budget
+        if not self.streaming:  # [U * (S + 1), H]: feature set u's rows start at u * (S + 1); its row S is a zero row
+            self.stack = torch.cat([torch.cat([f.tokens, f.tokens.new_zeros(1, f.tokens.shape[1])]) for f in uniq])
+
+    def __len__(self) -> int: return len(self.ref)
+
+    def views(self, idx: Sequence[int]) -> torch.Tensor:
+        "The view ids of examples `idx`, example by example (the order `Features.batch` uses)."
+        idx = torch.as_tensor(list(idx), dtype=torch.long)
+        counts = self.ref.n_views[idx]
+        starts = torch.repeat_interleave(self.ref.first_view[idx], counts)
+        return starts + torch.arange(int(counts.sum())) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+
+    def batch(self, idx: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, list, list]:
+        """Head k's examples `idx[k]` -> states [K, V, T, H] float32, mask [K, V, T], each head's n_views, and each
+        head's own (V_k, T_k): its batch is the top-left corner, zero-padded (a padded view attends to its first slot)."""
+        views = [self.views(i) for i in idx]
+        lens = [self.ref.lengths[v] for v in views]
+        shapes = [(len(v), int(l.max())) for v, l in zip(views, lens)]
+        V, T, S = max(s[0] for s in shapes), max(s[1] for s in shapes), len(self.ref.tokens)
+        vpad = torch.stack([F.pad(v, (0, V - len(v))) for v in views])                 # [K, V] (pads: view 0, length 0)
+        lpad = torch.stack([F.pad(l, (0, V - len(l))) for l in lens])                  # [K, V]
+        valid = torch.arange(T) < lpad[..., None]                                        # [K, V, T]
+        index = torch.where(valid, self.ref.offsets[vpad][..., None] + torch.arange(T), S)
+        if self.streaming:
+            states = torch.stack([f.tokens[ix.clamp(max=S - 1)].masked_fill(~ok[..., None], 0)
+                                  for f, ix, ok in zip(self.feats, index, valid)])
+        else: states = self.stack.index_select(0, (index + self.source[:, None, None] * (S + 1)).flatten()).view(*index.shape, -1)
+        mask = valid.clone(); mask[..., 0] |= lpad == 0
+        return states.float(), mask, [self.ref.n_views[torch.as_tensor(list(i), dtype=torch.long)] for i in idx], shapes
+
+def _stacked_forward(base: TargetHead, train: bool):
+    "vmap of `base`'s forward over stacked parameters (and per-head dropout masks when training)."
+    if train: return torch.func.vmap(lambda p, s, m, nz: torch.func.functional_call(base, p, (s, m, nz)))
+    return torch.func.vmap(lambda p, s, m: torch.func.functional_call(base, p, (s, m)))
+
+@torch.no_grad()
+def stacked_predictions(base: TargetHead, params: dict, stack: FeatureStack, task: Task,
+                        batch_size: int = 256) -> list[list[int]]:
+    "Every head's predicted class (or view) per example, in row order; `batch_size` rows for all heads together."
+    K, fwd = len(stack.feats), _stacked_forward(base, train=False)
+    pred = [[0] * len(stack) for _ in range(K)]
+    for idx in bucket_batches(stack.ref.lengths[stack.ref.first_view[:-1]].tolist(), max(1, batch_size // K)):
+        states, mask, nv, shapes = stack.batch([idx] * K)
+        out = fwd(params, states, mask)
+        for k in range(K):
+            for i, p in zip(idx, group_logits(out[k, :shapes[k][0]], nv[k], task).argmax(-1).tolist()): pred[k][i] = p
+    return pred
+
+def fit_target_heads(feats: Sequence[dict[str, Features]], task: str | Task, profile: Profile, seeds: Sequence[int],
+                     progress: bool = False, budget: int = FEATURE_BUDGET) -> tuple[TargetHead, dict, list[tuple[float, int]]]:
+    """K = len(feats) target heads trained at once, head k on `feats[k]` with seed `seeds[k]`, each as `fit_target_head`
+    would train it alone (init, batch order, dropout draws, best-dev epoch). Returns (the base head, the stacked
+    parameters of every head's best-dev epoch, [(dev accuracy, epoch)] per head)."""
+    t = get_task(task) if isinstance(task, str) else task
+    if len(feats) != len(seeds): raise ValueError(f"{len(feats)} feature sets but {len(seeds)} seeds")
+    hidden = feats[0]["train"].tokens.shape[1]
+    heads, orders, draws = [], [], []
+    for s in seeds:  # what each separate run does first: seed, build the head; its dropout continues the global stream
+        orders.append(seed_everything(s)); heads.append(TargetHead(hidden, head_outputs(t)))
+        draws.append(torch.Generator().manual_seed(0)); draws[-1].set_state(torch.get_rng_state())
+    base = copy.deepcopy(heads[0]).eval()
+    params = {n: p.detach().clone().requires_grad_() for n, p in torch.func.stack_module_state(heads)[0].items()}
+    opt = torch.optim.Adam(params.values(), lr=profile.head_lr, weight_decay=profile.head_wd, fused=True)  # one pass
+    tr, dev = FeatureStack([f["train"] for f in feats], budget), FeatureStack([f["dev"] for f in feats], budget)
+    lengths, fwd = tr.ref.lengths[tr.ref.first_view[:-1]].tolist(), _stacked_forward(base, train=True)
+    best = [(-1.0, -1, None)] * len(feats)
+    for epoch in tqdm(range(profile.head_epochs), desc=f"{len(feats)} target heads {t.name}", disable=not progress, mininterval=5):
+        batches = [bucket_batches(lengths, profile.head_batch, shuffle=True, generator=g) for g in orders]
+        for step in range(len(batches[0])):
+            idx = [b[step] for b in batches]
+            states, mask, nv, shapes = tr.batch(idx)
+            out = fwd(params, states, mask, head_noise(base, shapes, states.shape[1], states.shape[2], draws))
+            loss = sum(F.cross_entropy(group_logits(out[k, :shapes[k][0]], nv[k], t), tr.ref.labels[idx[k]])
+                       for k in range(len(feats)))
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        for k, pred in enumerate(stacked_predictions(base, params, dev, t)):
+            acc = n_right(pred, dev.ref, range(len(dev))) / max(len(dev), 1)
+            if acc > best[k][0]: best[k] = (acc, epoch, {n: p[k].detach().clone() for n, p in params.items()})
+    return base, {n: torch.stack([b[2][n] for b in best]) for n in params}, [b[:2] for b in best]
+
+def train_target_heads(feats: Sequence[dict[str, Features]], task: str | Task, profile: Profile, seeds: Sequence[int],
+                       progress: bool = False, budget: int = FEATURE_BUDGET) -> list[dict]:
+    "`fit_target_heads`, then each head's record as `train_target_head` writes it, plus `head_version` and `heads_batched`."
+    t = get_task(task) if isinstance(task, str) else task
+    base, params, best = fit_target_heads(feats, t, profile, seeds, progress, budget)
+    pred = {s: stacked_predictions(base, params, FeatureStack([f[s] for f in feats], budget), t) for s in ("dev", "test")}
+    test = feats[0]["test"]
+    return [{"dev": dev, "best_epoch": epoch, "score": n_right(pred["test"][k], test, range(len(test))) / max(len(test), 1),
+             **{f"pred_{s}": encode_predictions(p[k]) for s, p in pred.items()},
+             "head_version": HEAD_VERSION, "heads_batched": len(feats)} for k, (dev, epoch) in enumerate(best)]
 
 # %% ../nbs/04_target.ipynb #65a9b9b7
 PROBE_WDS = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)  # strongest first: a dev tie keeps the more regularised probe
@@ -281,13 +450,27 @@ def split_features(encoder, task: str, splits: dict[str, list[Encoded]], store: 
     return {s: cached_features(encoder, task, s, splits[s], store, pad_id, data_key, profile.eval_batch, progress,
                                profile.extract_dtype) for s in SPLITS}
 
-def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,
-                 store: Store, pad_id: int, data_key: dict, extra: dict | None = None, progress: bool = False,
-                 representation: str | None = None) -> dict:
-    """Ledger unit: fixed representations of `task` from `encoder` (cached) + a trained target head. Returns the record.
-    The unit is named by the representation (default: the content hash of the encoder and its active prefixes) and
-    the content of the target splits. `encoder` may also be a zero-argument function that builds it, called only
-    if the unit has to run; `representation` must then name what it builds."""
+@dataclass
+class TargetJob:
+    "One target-head unit: its ledger configuration, its target rows and, while it has not run, its cached features."
+    cfg: dict
+    task: str
+    seed: int
+    splits: dict
+    paths: dict | None = None           # split -> cached features file; None when the unit is in the ledger
+    extract_seconds: float = 0.0        # time spent computing its features (0 when they were cached)
+
+    @property
+    def key(self) -> str: return config_hash(self.cfg)
+
+def target_job(encoder, method: str, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,
+               store: Store, pad_id: int, data_key: dict, extra: dict | None = None, progress: bool = False,
+               representation: str | None = None) -> TargetJob:
+    """The unit (method, target task, seed, representation), ready for `run_target_jobs`. It is named by the
+    representation (default: the content hash of the encoder and its active prefixes) and the content of the target
+    splits. If it has not finished, its fixed representations are computed *now*, from `encoder` as it is now (its
+    active prefixes), into the cache. `encoder` may also be a zero-argument function that builds it, called only if
+    the unit has to run; `representation` must then name what it builds."""
     lazy = not isinstance(encoder, nn.Module)
     if representation is None:
         if lazy: raise ValueError("a lazily built encoder needs an explicit `representation` name")
@@ -297,10 +480,39 @@ def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded
            "head_batch": profile.head_batch, "profile": profile.name, "backbone": profile.backbone,
            "rows": split_rows_hash(splits), "v": 1, **data_key, **(extra or {}),
            **dtype_key(profile.extract_dtype)}
-    def work() -> dict:
-        feats = split_features(encoder() if lazy else encoder, task, splits, store, pad_id, data_key, profile, progress)
-        return {**train_target_head(feats, task, profile, seed, progress), **eval_rows_keys(store, task, splits)}
-    return store.ledger.run(cfg, work)
+    job = TargetJob(cfg, task, seed, splits)
+    if job.key not in store.ledger:
+        t0, enc = time.time(), encoder() if lazy else encoder
+        for s in SPLITS: cached_features(enc, task, s, splits[s], store, pad_id, data_key, profile.eval_batch, progress,
+                                         profile.extract_dtype, mmap=True)
+        job.paths = {s: features_path(enc, task, s, splits[s], store, data_key, profile.extract_dtype) for s in SPLITS}
+        job.extract_seconds = time.time() - t0
+    return job
+
+def run_target_jobs(jobs: Sequence[TargetJob], store: Store, profile: Profile, progress: bool = False,
+                    budget: int = FEATURE_BUDGET) -> list[dict]:
+    """Every job's ledger record. The jobs that have not run are trained together: one batched run
+    (`train_target_heads`) per target's rows, the features memory-mapped from the cache; each head is recorded with
+    `head_version` and `heads_batched`; its `seconds` are its extraction time plus its share of the batch."""
+    groups: dict = {}
+    for j in jobs:
+        if j.key not in store.ledger and j.key not in {g.key for g in groups.get((j.task, j.cfg["rows"]), [])}:
+            groups.setdefault((j.task, j.cfg["rows"]), []).append(j)
+    for (task, _), group in tqdm(groups.items(), desc="target heads", disable=not progress or len(groups) < 2):
+        t0 = time.time()
+        feats = [{s: load_features(p, mmap=True) for s, p in j.paths.items()} for j in group]
+        recs = train_target_heads(feats, task, profile, [j.seed for j in group], progress, budget)
+        share = (time.time() - t0) / len(group)
+        for j, r in zip(group, recs):
+            store.ledger.add(j.key, {**j.cfg, "seconds": round(j.extract_seconds + share, 2), **r, **eval_rows_keys(store, task, j.splits), **provenance()})
+    return [store.ledger.get(j.key) for j in jobs]
+
+def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,
+                 store: Store, pad_id: int, data_key: dict, extra: dict | None = None, progress: bool = False,
+                 representation: str | None = None) -> dict:
+    "One unit on its own: `target_job` + `run_target_jobs`. Returns its record (arguments as for `target_job`)."
+    job = target_job(encoder, method, task, splits, profile, seed, store, pad_id, data_key, extra, progress, representation)
+    return run_target_jobs([job], store, profile, progress)[0]
 
 def eval_rows_keys(store: Store, task: str, splits: dict[str, list[Encoded]]) -> dict:
     "`write_rows` for the dev and test splits: {'rows_dev': key, 'rows_test': key}, for a unit's record."

@@ -33,8 +33,11 @@ class MLPHead(nn.Module):
         super().__init__()
         self.dense, self.drop, self.out = nn.Linear(hidden, hidden), nn.Dropout(dropout), nn.Linear(hidden, n_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.drop(torch.tanh(self.dense(self.drop(x)))))
+    def forward(self, x: torch.Tensor, noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """`noise`: the two dropout masks of this forward, scaled by 1/(1-p) (what `nn.Dropout` would multiply by),
+        given instead of drawn: how `fit_target_heads` gives each of many stacked heads its own draws."""
+        d0, d1 = (self.drop, self.drop) if noise is None else ((lambda v: v * noise[0]), (lambda v: v * noise[1]))
+        return self.out(d1(torch.tanh(self.dense(d0(x)))))
 
 def head_outputs(task: Task) -> int:
     "Outputs of a task's head: classes for classification, one score per view for choice/ReCoRD."

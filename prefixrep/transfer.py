@@ -20,7 +20,8 @@ from .core import (Profile, Store, absolute_path, config_hash, default_cache_dir
                             default_results_dir, dtype_key, eval_key, get_device, get_profile)
 from .data import Encoded, cap_rows, cut_eval, encode, get_task, load_pool, load_task, resolve_data_dir
 from .prefix import PrefixEncoder, load_backbone
-from .target import PROBE_WDS, eval_rows_keys, linear_probe, representation_id, score_target, split_features, split_rows_hash
+from .target import (PROBE_WDS, eval_rows_keys, linear_probe, representation_id, run_target_jobs, score_target,
+                               split_features, split_rows_hash, target_job)
 from .training import finetune_target, multitask_unit, train_multitask, train_source_prefix
 from .evidence import cell_intervals, check_scores, claim_sentence, compare, update_claims
 from .stats import claims_row
@@ -219,11 +220,10 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
     pad = tok.pad_token_id
     sources = list(prof.source_tasks)
     targets, srcs, checks = prepare_data(prof, data_dir, tok)
-    records = []
+    jobs = []  # each method's fixed representations first; then a target's heads (one per method) as one batched run
     def score_all(encoder, method, representation=None):
-        for t in prof.target_tasks:
-            records.append(score_target(encoder, method, t, targets[t], prof, seed, store, pad, key, progress=progress,
-                                        representation=representation))
+        jobs.extend(target_job(encoder, method, t, targets[t], prof, seed, store, pad, key, progress=progress,
+                               representation=representation) for t in prof.target_tasks)
     enc = PrefixEncoder(model.to(dev), prof.prefix_length)
     if "frozen" in methods: score_all(enc, "frozen")
     if "prefix" in methods:
@@ -233,6 +233,7 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
     if "multitask" in methods:
         build, name = multitask_encoder(prof, srcs, seed, store, pad, dev, progress=progress)
         score_all(build, "multitask", representation=name)
+    records = run_target_jobs(jobs, store, prof, progress)
     if "finetune" in methods:
         for t in prof.target_tasks:
             cfg = {"method": "finetune", "task": t, "seed": seed, "steps": prof.finetune_steps, "lr": prof.finetune_lr,
