@@ -14,17 +14,17 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'EVAL_POLICIES', 'PROFILES', 'SCRATCH_PROFILES', 'Profile',
-           'get_profile', 'seed_everything', 'get_device', 'cpuinfo', 'cpu_flags', 'fast_bf16', 'eval_key', 'dtype_key',
-           'config_hash', 'atomic_write', 'write_json', 'torch_save', 'absolute_path', 'scratch_dir',
-           'default_results_dir', 'default_cache_dir', 'default_reports_dir', 'Store', 'Ledger', 'provenance',
-           'cpu_model', 'data_hash', 'task_seed']
+__all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'EVAL_POLICIES', 'PROFILES', 'PLATEAU_GAIN', 'SCRATCH_PROFILES',
+           'Profile', 'get_profile', 'curve_scores', 'plateau_step', 'seed_everything', 'get_device', 'cpuinfo',
+           'cpu_flags', 'fast_bf16', 'eval_key', 'dtype_key', 'config_hash', 'atomic_write', 'write_json', 'torch_save',
+           'absolute_path', 'scratch_dir', 'default_results_dir', 'default_cache_dir', 'default_reports_dir', 'Store',
+           'Ledger', 'provenance', 'cpu_model', 'data_hash', 'task_seed']
 
 # %% ../nbs/00_core.ipynb #326b1350
 SOURCE_TASKS = ("mnli", "qnli", "qqp", "sst2", "yelp2", "record", "winogrande")
@@ -64,6 +64,10 @@ class Profile:
     multitask_lr: float = 1e-5
     multitask_wd: float = 1e-5
     multitask_eval_every: int | None = None  # learning curve: mean source dev every this many steps, best kept
+    # learning curves (nbs/12_curves.ipynb): one long run per source prefix and one multi-task run, dev every N steps
+    curve_prefix_steps: int | None = None    # cap of a source prefix's curve
+    curve_multitask_steps: int | None = None  # cap of the multi-task model's curve
+    curve_eval_every: int = 250              # steps between source dev evaluations on a curve
     # full fine-tuning upper bound (not given in the paper: our choice, stated in the reports)
     finetune_batch: int = 16
     finetune_epochs: float = 10
@@ -107,6 +111,7 @@ PROFILES: dict[str, Profile] = {
         prefix_steps=4, prefix_batch=8, head_epochs=2, head_batch=16,
         multitask_steps=6, multitask_batch=8, finetune_steps=3, finetune_batch=8,
         update_train_rows=16, update_eval_rows=16, sequential_budgets=(2, 4), sequential_orders=(0, 1, 2),
+        curve_prefix_steps=4, curve_multitask_steps=4, curve_eval_every=2,
         eval_batch=32, checkpoint_every=2,
         notes="tiny random-initialised BERT, a few dozen rows per task: exercises the code path, the numbers mean nothing"),
     "small": Profile(
@@ -119,6 +124,7 @@ PROFILES: dict[str, Profile] = {
         multitask_steps=2400, multitask_lr=2e-5,
         finetune_steps=200, finetune_lr=3e-5,
         update_train_rows=400, update_eval_rows=300, sequential_budgets=(100, 400), sequential_orders=(0, 1, 2),
+        curve_prefix_steps=4000, curve_multitask_steps=8000, curve_eval_every=250,  # learning-curve caps (nbs/12)
         notes="MiniLM-L6 on the offline mirror, subsampled; ReCoRD is absent; Yelp-2 is stood in by Amazon reviews"),
     "paper": Profile(
         name="paper", backbone="roberta-large", max_length=256,
@@ -133,6 +139,23 @@ def get_profile(profile: str | Profile, **overrides) -> Profile:
     bad = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
     if bad: raise ValueError(f"Unknown profile field(s) {sorted(bad)}")
     return replace(p, **overrides) if overrides else p
+
+# %% ../nbs/00_core.ipynb #d9ac0142
+PLATEAU_GAIN = 0.5  # points of source dev accuracy over the last doubling of steps (the budget rule above)
+
+def curve_scores(curve: Sequence[Sequence]) -> list[tuple[int, float]]:
+    "A recorded learning curve [[step, dev], ...] as (step, dev accuracy); a dict of per-task accuracies counts as its mean."
+    return [(int(s), float(np.mean(list(d.values()))) if isinstance(d, dict) else float(d)) for s, d in curve]
+
+def plateau_step(curve: Sequence[Sequence], min_gain: float = PLATEAU_GAIN) -> tuple[int, bool]:
+    """The budget rule: (the first evaluated step s >= 2 x the first evaluation at which the best dev accuracy up to s
+    exceeds the best up to s/2 by less than `min_gain` points, True); (the last step, False) if there is none."""
+    pts = curve_scores(curve)
+    if not pts: raise ValueError("an empty learning curve has no plateau")
+    best = lambda upto: max(100 * d for s, d in pts if s <= upto)
+    for s, _ in pts:
+        if s >= 2 * pts[0][0] and best(s) - best(s / 2) < min_gain: return s, True
+    return pts[-1][0], False
 
 # %% ../nbs/00_core.ipynb #8f3ea91c
 def seed_everything(seed: int) -> torch.Generator:

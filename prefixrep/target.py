@@ -25,13 +25,13 @@ from .data import Encoded, Task, bucket_batches, get_task
 from .training import MLPHead, device_of, encoder_states, decode_predictions, encode_predictions, group_logits, head_outputs
 
 # %% auto #0
-__all__ = ['SHARD_ROWS', 'KEEP_EVAL_BYTES', 'HEAD_VERSION', 'FEATURE_BUDGET', 'PROBE_WDS', 'SPLITS', 'Features', 'tensor_hash',
-           'representation_id', 'extract_features', 'features_path', 'load_features', 'cached_features', 'CLSAttention',
-           'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right', 'head_predictions', 'head_accuracy',
-           'fit_target_head', 'train_target_head', 'dropout_noise', 'head_noise', 'FeatureStack', 'stacked_predictions',
-           'fit_target_heads', 'train_target_heads', 'pooled_states', 'fit_probe', 'probe_predictions',
-           'probe_accuracy', 'linear_probe', 'split_rows_hash', 'write_rows', 'split_features', 'TargetJob',
-           'target_job', 'run_target_jobs', 'score_target', 'eval_rows_keys']
+__all__ = ['SHARD_ROWS', 'KEEP_EVAL_BYTES', 'HEAD_VERSION', 'FEATURE_BUDGET', 'STEP_BYTES', 'PROBE_WDS', 'SPLITS', 'Features',
+           'tensor_hash', 'representation_id', 'extract_features', 'features_path', 'load_features', 'cached_features',
+           'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right', 'head_predictions',
+           'head_accuracy', 'fit_target_head', 'train_target_head', 'dropout_noise', 'head_noise', 'FeatureStack',
+           'stacked_predictions', 'fit_target_heads', 'heads_per_run', 'train_target_heads', 'pooled_states',
+           'fit_probe', 'probe_predictions', 'probe_accuracy', 'linear_probe', 'split_rows_hash', 'write_rows',
+           'split_features', 'TargetJob', 'target_job', 'run_target_jobs', 'score_target', 'eval_rows_keys']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -356,16 +356,36 @@ def fit_target_heads(feats: Sequence[dict[str, Features]], task: str | Task, pro
             if acc > best[k][0]: best[k] = (acc, epoch, {n: p[k].detach().clone() for n, p in params.items()})
     return base, {n: torch.stack([b[2][n] for b in best]) for n in params}, [b[:2] for b in best]
 
+STEP_BYTES = 32 << 20  # fp32 token states one batched training step may hold (K heads x batch x views x length x H)
+
+def heads_per_run(train: Features, profile: Profile) -> int:
+    """How many heads to stack in one run on these rows: as many as keep a step's token states within `STEP_BYTES`
+    (at least 1). Measured on a 2-core CPU (`reports/benchmarks.md`): a head's step is bound by arithmetic and by
+    memory traffic over the states, not by per-operation overhead, so stacking pays only while a step's states stay
+    in cache (+20-60% throughput at 4-8 heads of MR/RTE rows) and costs beyond (22 RTE heads: 0.6-0.7x)."""
+    per_head = profile.head_batch * int(train.n_views.max()) * int(train.lengths.max()) * train.tokens.shape[1] * 4
+    return max(1, STEP_BYTES // max(per_head, 1))
+
 def train_target_heads(feats: Sequence[dict[str, Features]], task: str | Task, profile: Profile, seeds: Sequence[int],
-                       progress: bool = False, budget: int = FEATURE_BUDGET) -> list[dict]:
-    "`fit_target_heads`, then each head's record as `train_target_head` writes it, plus `head_version` and `heads_batched`."
+                       progress: bool = False, budget: int = FEATURE_BUDGET, max_heads: int | None = None) -> list[dict]:
+    """`fit_target_heads` on runs of at most `max_heads` heads (default `heads_per_run`), then each head's record as
+    `train_target_head` writes it, plus `head_version` (2: batched; 1: a run of one head, `train_target_head` itself)
+    and `heads_batched` (the size of its run)."""
     t = get_task(task) if isinstance(task, str) else task
-    base, params, best = fit_target_heads(feats, t, profile, seeds, progress, budget)
-    pred = {s: stacked_predictions(base, params, FeatureStack([f[s] for f in feats], budget), t) for s in ("dev", "test")}
-    test = feats[0]["test"]
-    return [{"dev": dev, "best_epoch": epoch, "score": n_right(pred["test"][k], test, range(len(test))) / max(len(test), 1),
-             **{f"pred_{s}": encode_predictions(p[k]) for s, p in pred.items()},
-             "head_version": HEAD_VERSION, "heads_batched": len(feats)} for k, (dev, epoch) in enumerate(best)]
+    step = max_heads or heads_per_run(feats[0]["train"], profile)
+    out = []
+    for a in range(0, len(feats), step):
+        fs, ss = feats[a:a + step], seeds[a:a + step]
+        if len(fs) == 1:  # a run of one head is the plain loop: bit for bit the records made before batching existed
+            out.append({**train_target_head(fs[0], t, profile, ss[0], progress), "head_version": 1, "heads_batched": 1})
+            continue
+        base, params, best = fit_target_heads(fs, t, profile, ss, progress, budget)
+        pred = {s: stacked_predictions(base, params, FeatureStack([f[s] for f in fs], budget), t) for s in ("dev", "test")}
+        test = fs[0]["test"]
+        out += [{"dev": dev, "best_epoch": epoch, "score": n_right(pred["test"][k], test, range(len(test))) / max(len(test), 1),
+                 **{f"pred_{s}": encode_predictions(p[k]) for s, p in pred.items()},
+                 "head_version": HEAD_VERSION, "heads_batched": len(fs)} for k, (dev, epoch) in enumerate(best)]
+    return out
 
 # %% ../nbs/04_target.ipynb #65a9b9b7
 PROBE_WDS = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)  # strongest first: a dev tie keeps the more regularised probe

@@ -125,8 +125,9 @@ def encode_all(raw: dict, tok, max_length: int) -> dict:
     return {t: {s: encode(v, tok, max_length) for s, v in sp.items()} for t, sp in raw.items()}
 
 def chance_accuracy(examples) -> float:
-    "Accuracy of always predicting the most frequent label (classification) or a uniform guess (choices)."
-    if len(examples[0].views) > 1: return float(np.mean([1 / len(e.views) for e in examples]))
+    "Accuracy of always predicting the most frequent label (classification) or a uniform guess (choices); raw or encoded examples."
+    views = [len(e.views) if hasattr(e, "views") else len(e.input_ids) for e in examples]
+    if views[0] > 1: return float(np.mean([1 / v for v in views]))
     return float(pd.Series([e.label for e in examples]).value_counts(normalize=True).iloc[0])
 
 def update_profile(prof: Profile) -> Profile:

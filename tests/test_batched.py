@@ -45,6 +45,8 @@ def test_batched_heads_equal_separate_heads(task, views, seeds):
     for a, b in zip(separate, batched):
         assert (a["dev"], a["best_epoch"], a["score"], a["pred_test"]) == (b["dev"], b["best_epoch"], b["score"], b["pred_test"])
         assert b["head_version"] == T.HEAD_VERSION == 2 and b["heads_batched"] == len(seeds)
+    one = train_target_heads(fs[:1], task, PROF, seeds[:1])[0]  # a run of one head is the plain loop, exactly
+    assert one == {**separate[0], "head_version": 1, "heads_batched": 1}
     heads = [fit_target_head(f, task, PROF, s)[0] for f, s in zip(fs, seeds)]
     _, params, _ = fit_target_heads(fs, task, PROF, seeds)
     for k, h in enumerate(heads):  # rounding only: a batched product may sum in another order
