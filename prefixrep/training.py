@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -22,9 +23,9 @@ from .data import Encoded, Task, bucket_batches, collate, get_task
 
 # %% auto #0
 __all__ = ['UNIT_VERSION', 'MLPHead', 'head_outputs', 'group_logits', 'n_correct', 'BatchStream', 'NonFiniteLoss', 'train_steps',
-           'device_of', 'encoder_states', 'head_loss', 'predict_head', 'encode_predictions', 'decode_predictions',
-           'accuracy', 'evaluate_head', 'prefix_steps', 'prefix_unit', 'curve_key', 'train_source_prefix',
-           'multitask_unit', 'train_multitask', 'finetune_steps', 'finetune_target']
+           'final_path', 'extend_from', 'device_of', 'encoder_states', 'head_loss', 'predict_head',
+           'encode_predictions', 'decode_predictions', 'accuracy', 'evaluate_head', 'prefix_steps', 'prefix_unit',
+           'curve_key', 'train_source_prefix', 'multitask_unit', 'train_multitask', 'finetune_steps', 'finetune_target']
 
 # %% ../nbs/03_training.ipynb #c0c945a9
 class MLPHead(nn.Module):
@@ -86,7 +87,7 @@ class NonFiniteLoss(RuntimeError):
 def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Module], params: Sequence[nn.Parameter],
                 steps: int, lr: float, weight_decay: float, ckpt: Path | None = None, checkpoint_every: int = 200,
                 desc: str = "train", progress: bool = True, evaluate: Callable[[], float] | None = None,
-                eval_every: int = 0, on_eval: Callable[[int, float], None] | None = None) -> dict:
+                eval_every: int = 0, on_eval: Callable[[int, float], None] | None = None, final: Path | None = None) -> dict:
     """Run `steps` Adam steps of `loss_fn(step)` over `params`; checkpoint `modules` + optimiser atomically every
     `checkpoint_every` steps to `ckpt` and resume from it (weights, optimiser, RNG state and elapsed time). Returns
     {'steps', 'loss' (mean of the last 50), 'resumed_from', 'train_seconds' (summed over resumes)}.
@@ -96,7 +97,9 @@ def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Mo
     every `eval_every` steps and after the last one; the result gains 'curve' ([[step, dev], ...]), 'best_step' and
     'best_dev', and `modules` end up in the best evaluated state (a tie keeps the earlier step). `on_eval(step, dev)`
     runs after each evaluation (e.g. to keep a snapshot). Evaluation draws no random numbers, so the weights at step
-    `s` of a long run are the weights a run of `s` steps ends with: one run gives every shorter budget."""
+    `s` of a long run are the weights a run of `s` steps ends with: one run gives every shorter budget. With `final`,
+    the state after the last step (before the best one is restored) is kept there, so that a longer run of the same
+    unit can continue from it instead of starting over (`extend_from`)."""
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     start, before, t0 = 0, 0.0, time.time()
@@ -108,9 +111,9 @@ def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Mo
         curve, best = state.get("curve", []), state.get("best")
         torch.set_rng_state(state["rng"])  # dropout draws continue as if never interrupted
         if torch.cuda.is_available() and state.get("cuda_rng") is not None: torch.cuda.set_rng_state_all(state["cuda_rng"])
-    def save(step):
-        if ckpt is not None:
-            torch_save(ckpt, {"modules": {k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
+    def save(step, path=ckpt):
+        if path is not None:
+            torch_save(path, {"modules": {k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
                               "step": step, "seconds": before + time.time() - t0, "rng": torch.get_rng_state(),
                               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                               "curve": curve, "best": best})
@@ -133,10 +136,24 @@ def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Mo
         if (step + 1) % checkpoint_every == 0 and step + 1 < steps: save(step + 1)
     out = {"steps": steps, "loss": float(np.mean(losses[-50:])) if losses else float("nan"), "resumed_from": start,
            "train_seconds": round(before + time.time() - t0, 2)}
+    if final is not None: save(steps, final)
     if tracking:
         for k, m in modules.items(): m.load_state_dict(best[2][k])
         out.update(curve=curve, best_step=best[1], best_dev=best[0])
     return out
+
+def final_path(store: Store, cfg: dict) -> Path:
+    "Where the last state of a curve unit is kept: named by its configuration *without* its step count (its family)."
+    return store.cache_path("ckpt", config_hash({**cfg, "steps": None}), ".final.pt")
+
+def extend_from(final: Path, ckpt: Path, steps: int) -> int:
+    """Let a run of `steps` steps continue a shorter finished run of the same unit: if `ckpt` does not exist and `final`
+    holds a state of fewer steps, copy it to `ckpt` (where `train_steps` resumes). Returns the step it starts from."""
+    if ckpt.exists() or not final.exists(): return 0
+    done = torch.load(final, map_location="cpu", weights_only=False)["step"]
+    if done >= steps: return 0
+    ckpt.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(final, ckpt)
+    return done
 
 # %% ../nbs/03_training.ipynb #6ef90d4d
 def device_of(module: nn.Module) -> torch.device:
@@ -224,6 +241,8 @@ def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], pr
         def snapshot(step: int, dev: float):  # every evaluated prefix, so shorter budgets need no retraining
             torch_save(store.cache_path("curves", f"{key}-{step}", ".pt"), {"prefix": encoder.prefixes[task].detach().clone(),
                                                                              "head": head.state_dict(), "dev": dev})
+        final = final_path(store, cfg) if profile.prefix_eval_every else None
+        if final is not None: extend_from(final, store.cache_path("ckpt", key, ".pt"), steps)
         with encoder.activate(task):
             encoder.eval(); head.train()
             out = train_steps(lambda s: head_loss(encoder, head, t, stream.batch_at(s), pad_id),
@@ -231,7 +250,7 @@ def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], pr
                               encoder.prefix_parameters([task]) + list(head.parameters()), steps, profile.prefix_lr,
                               profile.prefix_wd, store.cache_path("ckpt", key, ".pt"), profile.checkpoint_every,
                               desc=f"prefix {task} s{seed}", progress=progress, evaluate=dev_accuracy,
-                              eval_every=profile.prefix_eval_every or 0, on_eval=snapshot)
+                              eval_every=profile.prefix_eval_every or 0, on_eval=snapshot, final=final)
             pred = predict_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch)
             dev = accuracy(pred, splits["dev"])
         save_prefix(encoder, task, path, meta={**cfg, "dev_accuracy": dev})
@@ -284,13 +303,15 @@ def train_multitask(encoder, data: dict[str, dict[str, list[Encoded]]], profile:
             return head_loss(encoder, heads[t], get_task(t), streams[t].batch_at(int(seen[s, order[s]])), pad_id)
         def dev_accuracy() -> dict[str, float]:
             return {t: evaluate_head(encoder, heads[t], get_task(t), data[t]["dev"], pad_id, profile.eval_batch) for t in tasks}
+        final = final_path(store, cfg) if profile.multitask_eval_every else None
+        if final is not None: extend_from(final, store.cache_path("ckpt", key, ".pt"), steps)
         for p in encoder.model.parameters(): p.requires_grad_(True)
         encoder.train(); heads.train()
         out = train_steps(loss, {"encoder": encoder.model, "heads": heads},
                           list(encoder.model.parameters()) + list(heads.parameters()), steps, profile.multitask_lr,
                           profile.multitask_wd, store.cache_path("ckpt", key, ".pt"), profile.checkpoint_every,
                           desc=f"multi-task s{seed}", progress=progress, evaluate=dev_accuracy,
-                          eval_every=profile.multitask_eval_every or 0)
+                          eval_every=profile.multitask_eval_every or 0, final=final)
         for p in encoder.model.parameters(): p.requires_grad_(False)
         encoder.eval()
         dev = dev_accuracy()

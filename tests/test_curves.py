@@ -49,3 +49,23 @@ def test_papermill_smoke_writes_curves_and_resumes(tmp_path, data_dir):
     run_curves(0, "smoke", data_dir, tmp_path / "res", tmp_path / "cache", rep, progress=False)
     assert _digest(tmp_path / "res") == before  # every curve was found in the ledger: nothing retrained
     assert committed == _digest(ROOT / "reports"), "CI must not write to reports/"
+
+
+def test_a_longer_curve_continues_a_shorter_one(tmp_path, data_dir):
+    "A curve unit with a higher cap starts from the shorter unit's last state and ends where a fresh long run ends."
+    import torch
+    from prefixrep.core import Store
+    from prefixrep.data import encode, load_task
+    from prefixrep.prefix import PrefixEncoder, load_backbone
+    from prefixrep.training import train_source_prefix
+    model, tok = load_backbone("tiny-bert")
+    enc = PrefixEncoder(model, 5)
+    data = {k: encode(v, tok, 48) for k, v in load_task("mnli", data_dir, train_rows=48, eval_rows=24).items()}
+    short, long = (get_profile("smoke", prefix_steps=s, prefix_eval_every=2) for s in (4, 8))
+    st, fresh = Store(tmp_path / "r", tmp_path / "c"), Store(tmp_path / "r2", tmp_path / "c2")
+    train_source_prefix(enc, "mnli", data, short, 0, st, tok.pad_token_id, progress=False)
+    continued = train_source_prefix(enc, "mnli", data, long, 0, st, tok.pad_token_id, progress=False)
+    a = enc.prefixes["mnli"].clone()
+    alone = train_source_prefix(enc, "mnli", data, long, 0, fresh, tok.pad_token_id, progress=False)
+    assert continued["resumed_from"] == 4 and alone["resumed_from"] == 0
+    assert torch.equal(a, enc.prefixes["mnli"]) and continued["curve"] == alone["curve"]
