@@ -74,6 +74,8 @@ class Profile:
     finetune_steps: int | None = None
     finetune_lr: float = 1e-5
     finetune_wd: float = 1e-5
+    finetune_eval_every: int | None = None  # dev every this many steps, the best-dev checkpoint scored (None: the last step)
+    finetune_lrs: tuple = ()            # lr grid: each target's lr is the one with the best seed-0 dev accuracy (empty: finetune_lr)
     # Table 3 (removal) and Figure 2 (sequential addition): target rows may be fewer than Table 2's
     update_train_rows: int | None = None  # target train cap for these experiments (None = target_train_rows)
     update_eval_rows: int | None = None   # dev/test cap for these experiments (None = eval_rows)

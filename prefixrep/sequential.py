@@ -100,7 +100,7 @@ class SequentialRun:
     def prepare(self, method: str, tasks: Sequence[str], steps: int, scratch: Store) -> dict | None:
         """Phase 1 of a round that is not recorded (None if it is): its representation, then its fixed representations
         of every target, into `scratch` (one `target_job` per target). A multi-task model's weights are deleted
-        once its features are computed (except Table 2's own model, which its notebook reloads)."""
+        once its round is recorded (`finish`; except Table 2's own model, which its notebook reloads)."""
         cfg = round_unit(method, tasks, steps, self.seed, self.key)
         if config_hash(cfg) in self.store.ledger: return None
         t0 = time.time()
@@ -110,10 +110,11 @@ class SequentialRun:
         jobs = [target_job(enc, name, t, self.targets[t], self.prof, self.seed, scratch, self.pad_id, self.key)
                 for t in self.prof.target_tasks]
         self.encoder.set_active(())
+        weights = None  # a multi-task model's weights, deleted once its round is recorded (not Table 2's own model)
         if method == "multitask" and not (steps == self.prof.multitask_steps and sorted(tasks) == sorted(self.prof.source_tasks)):
-            self.store.cache_path("multitask", config_hash(multitask_unit(self.prof, {t: self.sources[t] for t in tasks},
-                                                                          self.seed, steps)), ".pt").unlink(missing_ok=True)
-        return {"cfg": cfg, "jobs": jobs, "train_seconds": t1 - t0}
+            weights = self.store.cache_path("multitask", config_hash(multitask_unit(self.prof, {t: self.sources[t] for t in tasks},
+                                                                                    self.seed, steps)), ".pt")
+        return {"cfg": cfg, "jobs": jobs, "train_seconds": t1 - t0, "weights": weights}
 
     def finish(self, pending: Sequence[dict], scratch: Store) -> None:
         """Phase 2: the target heads of all `pending` rounds, one batched run per target across the rounds
@@ -124,7 +125,8 @@ class SequentialRun:
             scores = {t: r["score"] for t, r in mine.items()}
             out = {"scores": scores, "dev": {t: r["dev"] for t, r in mine.items()}, "avg_score": float(np.mean(list(scores.values()))),
                    "train_seconds": round(p["train_seconds"], 2), "score_seconds": round(sum(r["seconds"] for r in mine.values()), 2)}
-            self.store.ledger.run(p["cfg"], lambda out=out: {**out, "seconds": out["train_seconds"] + out["score_seconds"]})
+            self.store.ledger.run(p["cfg"], lambda out=out: {**out, "seconds": round(out["train_seconds"] + out["score_seconds"], 2)})
+            if p["weights"] is not None: p["weights"].unlink(missing_ok=True)
 
     def rounds(self, plan: Sequence[tuple[str, int, tuple]]) -> list[dict]:
         "Run (or read) the round units `plan` as one batch: features in a scratch folder that is removed afterwards."

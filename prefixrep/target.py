@@ -137,7 +137,7 @@ def cached_features(encoder, task: str, split: str, data: Sequence[Encoded], sto
     """Fixed representations of one split, computed once (resumably, in shards beside the cache file) and cached."""
     path = features_path(encoder, task, split, data, store, data_key, dtype)
     if not path.exists():
-        parts = path.with_suffix(".parts")
+        parts = path.with_suffix(f".b{batch_size}-r{SHARD_ROWS}.parts")  # shards of these batches only
         f = extract_features(encoder, data, pad_id, batch_size, progress, dtype, shard_dir=parts)
         torch_save(path, f.state())
         shutil.rmtree(parts, ignore_errors=True)
@@ -277,7 +277,9 @@ class FeatureStack:
         self.nbytes = len(uniq) * self.ref.tokens.numel() * self.ref.tokens.element_size()
         self.streaming = self.nbytes > budget
         if not self.streaming:  # [U * (S + 1), H]: feature set u's rows start at u * (S + 1); its row S is a zero row
-            self.stack = torch.cat([torch.cat([f.tokens, f.tokens.new_zeros(1, f.tokens.shape[1])]) for f in uniq])
+            S, H = self.ref.tokens.shape
+            self.stack = self.ref.tokens.new_zeros(len(uniq) * (S + 1), H)  # filled in place: no second copy at its peak
+            for u, f in enumerate(uniq): self.stack[u * (S + 1):u * (S + 1) + S] = f.tokens
 
     def __len__(self) -> int: return len(self.ref)
 
@@ -519,12 +521,19 @@ def run_target_jobs(jobs: Sequence[TargetJob], store: Store, profile: Profile, p
         if j.key not in store.ledger and j.key not in {g.key for g in groups.get((j.task, j.cfg["rows"]), [])}:
             groups.setdefault((j.task, j.cfg["rows"]), []).append(j)
     for (task, _), group in tqdm(groups.items(), desc="target heads", disable=not progress or len(groups) < 2):
-        t0 = time.time()
-        feats = [{s: load_features(p, mmap=True) for s, p in j.paths.items()} for j in group]
-        recs = train_target_heads(feats, task, profile, [j.seed for j in group], progress, budget)
-        share = (time.time() - t0) / len(group)
-        for j, r in zip(group, recs):
-            store.ledger.add(j.key, {**j.cfg, "seconds": round(j.extract_seconds + share, 2), **r, **eval_rows_keys(store, task, j.splits), **provenance()})
+        loaded: dict = {}  # a features file shared by several units (one representation, several seeds) is loaded once
+        def features(p: Path) -> Features:
+            if p not in loaded: loaded[p] = load_features(p, mmap=True)
+            return loaded[p]
+        feats = [{s: features(p) for s, p in j.paths.items()} for j in group]
+        step = heads_per_run(feats[0]["train"], profile)
+        for a in range(0, len(group), step):  # each run of heads is recorded as soon as it finishes
+            t0, run = time.time(), group[a:a + step]
+            recs = train_target_heads(feats[a:a + step], task, profile, [j.seed for j in run], progress, budget, max_heads=step)
+            share = (time.time() - t0) / len(run)
+            for j, r in zip(run, recs):
+                store.ledger.add(j.key, {**j.cfg, "seconds": round(j.extract_seconds + share, 2), **r,
+                                         **eval_rows_keys(store, task, j.splits), **provenance()})
     return [store.ledger.get(j.key) for j in jobs]
 
 def score_target(encoder, method: str, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,

@@ -335,8 +335,10 @@ def finetune_steps(profile: Profile, n_train: int) -> int:
     return profile.finetune_steps or math.ceil(profile.finetune_epochs * n_train / profile.finetune_batch)
 
 def finetune_target(encoder, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,
-                    pad_id: int, ckpt: Path | None = None, progress: bool = True) -> dict:
-    "Fine-tune all of `encoder` + an MLP head on target `task`; returns dev and test accuracy. Modifies `encoder`."
+                    pad_id: int, ckpt: Path | None = None, progress: bool = True, lr: float | None = None) -> dict:
+    """Fine-tune all of `encoder` + an MLP head on target `task` (at `lr`, default the profile's); returns dev and test
+    accuracy. With `profile.finetune_eval_every`, dev is evaluated every that many steps and the best-dev checkpoint
+    is the one scored (its curve is in the result); without, the last step is. Modifies `encoder`."""
     t = get_task(task)
     seed_everything(seed)
     head = MLPHead(encoder.hidden_size, head_outputs(t)).to(device_of(encoder))
@@ -345,8 +347,10 @@ def finetune_target(encoder, task: str, splits: dict[str, list[Encoded]], profil
     encoder.train(); head.train()
     out = train_steps(lambda s: head_loss(encoder, head, t, stream.batch_at(s), pad_id),
                       {"encoder": encoder.model, "head": head}, list(encoder.model.parameters()) + list(head.parameters()),
-                      finetune_steps(profile, len(splits["train"])), profile.finetune_lr, profile.finetune_wd, ckpt,
-                      profile.checkpoint_every, desc=f"fine-tune {task} s{seed}", progress=progress)
+                      finetune_steps(profile, len(splits["train"])), lr or profile.finetune_lr, profile.finetune_wd, ckpt,
+                      profile.checkpoint_every, desc=f"fine-tune {task} s{seed}", progress=progress,
+                      evaluate=lambda: accuracy(predict_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch), splits["dev"]),
+                      eval_every=profile.finetune_eval_every or 0)
     for p in encoder.model.parameters(): p.requires_grad_(False)
     pred = {s: predict_head(encoder, head, t, splits[s], pad_id, profile.eval_batch) for s in ("dev", "test")}
     return {**out, "dev": accuracy(pred["dev"], splits["dev"]), "score": accuracy(pred["test"], splits["test"]),

@@ -22,7 +22,7 @@ from .data import Encoded, cap_rows, cut_eval, encode, get_task, load_pool, load
 from .prefix import PrefixEncoder, load_backbone
 from .target import (PROBE_WDS, eval_rows_keys, linear_probe, representation_id, run_target_jobs, score_target,
                                split_features, split_rows_hash, target_job)
-from .training import finetune_target, multitask_unit, train_multitask, train_source_prefix
+from .training import curve_key, finetune_target, multitask_unit, train_multitask, train_source_prefix
 from .evidence import cell_intervals, check_scores, claim_sentence, compare, update_claims
 from .stats import claims_row
 
@@ -30,11 +30,12 @@ from .stats import claims_row
 __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'TABLE2_CLAIMS', 'DIAGNOSIS_METHODS', 'project_root',
            'check_params', 'example_texts', 'shingles', 'overlap_filter', 'train_texts', 'decontaminate',
            'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile', 'prepare_raw', 'pool_targets',
-           'prepare_data', 'multitask_encoder', 'finetune_key', 'profile_key', 'run_transfer', 'latest_per_seed',
-           'mean_std_cells', 'sample_std', 'table2_records', 'table2', 'wide_table', 'difference_table', 'write_table2',
-           'paper_difference', 'table2_evidence', 'with_intervals', 'long_length_of', 'truncated_share',
-           'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals', 'diagnosis_markdown', 'diagnosis_lines',
-           'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines', 'report_text']
+           'prepare_data', 'multitask_encoder', 'finetune_key', 'finetune_unit', 'chosen_lr', 'profile_key',
+           'run_transfer', 'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2_records', 'table2', 'wide_table',
+           'difference_table', 'write_table2', 'paper_difference', 'table2_evidence', 'with_intervals',
+           'long_length_of', 'truncated_share', 'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals',
+           'diagnosis_markdown', 'diagnosis_lines', 'describe_deviations', 'claims', 'table2_compute_hours',
+           'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -198,6 +199,15 @@ def finetune_key(prof: Profile, data_dir) -> dict:
     "`profile_key` of the fine-tuning units: they use no fixed representation, so it is the fp32 key for any dtype."
     return profile_key(replace(prof, extract_dtype="float32"), data_dir)
 
+def finetune_unit(prof: Profile, task: str, seed: int, lr: float, data_dir) -> dict:
+    "The configuration naming one fine-tuning unit (its dev-evaluation spacing only where it has one)."
+    return {"method": "finetune", "task": task, "seed": seed, "steps": prof.finetune_steps, "lr": lr, "backbone": prof.backbone,
+            **finetune_key(prof, data_dir), **curve_key(prof.finetune_eval_every)}
+
+def chosen_lr(grid: Sequence[dict]) -> float:
+    "The lr of the grid record with the best dev accuracy (a tie keeps the grid's first)."
+    return max(grid, key=lambda r: (r["dev"], -grid.index(r)))["lr"]
+
 def profile_key(prof: Profile, data_dir) -> dict:
     """What every unit of a Table 2 run shares: the hash of the profile fields Table 2 depends on (so editing, say,
     Figure 2's budgets keeps Table 2's records valid; the pool policy's fields only where it is used) and where the
@@ -236,14 +246,16 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
         score_all(build, "multitask", representation=name)
     records = run_target_jobs(jobs, store, prof, progress)
     if "finetune" in methods:
-        for t in prof.target_tasks:
-            cfg = {"method": "finetune", "task": t, "seed": seed, "steps": prof.finetune_steps, "lr": prof.finetune_lr,
-                   "backbone": prof.backbone, **finetune_key(prof, data_dir)}
-            def work(t=t):
+        def finetune(t: str, s: int, lr: float) -> dict:
+            cfg = finetune_unit(prof, t, s, lr, data_dir)
+            def work():
                 ft = PrefixEncoder(load_backbone(prof.backbone)[0].to(dev), prof.prefix_length, freeze=False)
-                return {**finetune_target(ft, t, targets[t], prof, seed, pad, store.cache_path("ckpt", config_hash(cfg), ".pt"),
-                                          progress=progress), **eval_rows_keys(store, t, targets[t])}
-            records.append(store.ledger.run(cfg, work))
+                return {**finetune_target(ft, t, targets[t], prof, s, pad, store.cache_path("ckpt", config_hash(cfg), ".pt"),
+                                          progress=progress, lr=lr), **eval_rows_keys(store, t, targets[t])}
+            return store.ledger.run(cfg, work)
+        for t in prof.target_tasks:  # with an lr grid: seed 0 at every lr first (dev picks), then this seed at the pick
+            grid = [finetune(t, 0, lr) for lr in prof.finetune_lrs]
+            records.append(finetune(t, seed, chosen_lr(grid) if grid else prof.finetune_lr))
     out = pd.DataFrame(records)
     out.attrs.update(checks)
     return out
@@ -269,7 +281,14 @@ def table2_records(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.Dat
     if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame()
     ours = ledger.profile_hash.eq(key["profile_hash"]).where(  # fine-tuning rows: the fp32 key, whatever the dtype
         ledger.method != "finetune", ledger.profile_hash.eq(finetune_key(prof, data_dir)["profile_hash"]))
-    df = latest_per_seed(ledger[ours & (ledger.data == key["data"]) & ledger.method.isin(METHODS)], ["method", "task", "seed"])
+    df = ledger[ours & (ledger.data == key["data"]) & ledger.method.isin(METHODS)]
+    if prof.finetune_lrs and "lr" in df:  # fine-tuning: the units at each target's dev-chosen lr (seed 0's grid)
+        every = df.get("eval_every", pd.Series(np.nan, index=df.index))
+        ft = df[(df.method == "finetune") & (every.isna() if prof.finetune_eval_every is None else every.eq(prof.finetune_eval_every))]
+        pick = {t: chosen_lr(g.sort_values("lr", key=lambda c: c.map(list(prof.finetune_lrs).index)).to_dict("records"))
+                for t, g in ft[ft.seed == 0].groupby("task") if set(g.lr) >= set(prof.finetune_lrs)}
+        df = df[(df.method != "finetune") | df.index.isin(ft.index[[pick.get(t) == lr for t, lr in zip(ft.task, ft.lr)]])]
+    df = latest_per_seed(df, ["method", "task", "seed"])
     if df.empty: return df
     full = df.groupby(["method", "seed"]).task.transform(lambda t: set(prof.target_tasks) <= set(t))
     return df[full.astype(bool)]

@@ -111,3 +111,19 @@ def test_bf16_representations_are_their_own_units():
     assert finetune_key(get_profile("small", extract_dtype="bfloat16"), "mirror")["profile_hash"] == fp32
     with pytest.raises(ValueError, match="extract_dtype"): get_profile("small", extract_dtype="fp16")
     with pytest.raises(ValueError, match="dtype"): extract_features(None, [], 0, dtype="float16")
+
+
+def test_finetune_lr_is_chosen_on_seed_0_dev(tmp_path, data_dir):
+    "With an lr grid, seed 0 runs every lr; each target's lr is the best on seed-0 dev, and Table 2 reads only those units."
+    from prefixrep.core import Store, get_profile
+    from prefixrep.transfer import run_transfer, table2_records
+    prof = get_profile("smoke", finetune_lrs=(1e-5, 1e-3), finetune_eval_every=1)
+    for seed in (1, 0):  # a later seed first: it runs seed 0's grid itself
+        run_transfer(seed, prof, data_dir, tmp_path / "r", tmp_path / "c", tmp_path / "rep", methods=("finetune",), progress=False)
+    led = Store(tmp_path / "r", tmp_path / "c").ledger.frame()
+    assert len(led) == 8 * 3 and led.curve.map(len).eq(prof.finetune_steps).all()  # dev at every step (eval_every 1)
+    recs = table2_records(led, prof, data_dir)
+    assert len(recs) == 16 and recs.groupby("task").lr.nunique().eq(1).all()
+    for t, g in led[led.seed == 0].groupby("task"):
+        best = g.sort_values("lr").loc[g.dev.idxmax()] if g.dev.nunique() > 1 else g[g.lr == 1e-5].iloc[0]
+        assert recs[(recs.task == t)].lr.iloc[0] == best.lr
