@@ -39,6 +39,7 @@ class Profile:
     name: str
     backbone: str                       # HF hub id, local path, or `minilm` (the offline MiniLM package) / `tiny-bert`, `tiny-roberta`
     max_length: int = 128               # tokens per (text, text) pair after truncation of the longer side
+    target_max_length: int | None = None  # the same for every target row of Table 2 (None: max_length); sources keep max_length
     source_tasks: tuple = SOURCE_TASKS
     target_tasks: tuple = TARGET_TASKS
     source_train_rows: int | None = None  # cap on each source task's training pool (None = all)
@@ -99,6 +100,11 @@ class Profile:
         for f in ("eval_policy", "update_eval_policy"):
             if getattr(self, f) not in EVAL_POLICIES + ((None,) if f == "update_eval_policy" else ()):
                 raise ValueError(f"{f} must be one of {EVAL_POLICIES}, got {getattr(self, f)!r}")
+
+    @property
+    def target_length(self) -> int:
+        "Tokens per target pair: `target_max_length`, else `max_length`."
+        return self.target_max_length or self.max_length
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

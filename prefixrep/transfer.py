@@ -34,8 +34,8 @@ __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'TABLE2_C
            'run_transfer', 'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2_records', 'table2', 'wide_table',
            'difference_table', 'write_table2', 'paper_difference', 'table2_evidence', 'with_intervals',
            'long_length_of', 'truncated_share', 'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals',
-           'diagnosis_markdown', 'diagnosis_lines', 'describe_deviations', 'claims', 'table2_compute_hours',
-           'sanity_lines', 'report_text']
+           'diagnosis_markdown', 'diagnosis_lines', 'length_text', 'budget_text', 'describe_deviations', 'claims',
+           'table2_compute_hours', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -172,9 +172,9 @@ def pool_targets(prof: Profile, tp: Profile, data_dir, sources: dict) -> tuple[d
     return out, pd.DataFrame(rows)
 
 def prepare_data(prof: Profile, data_dir, tok, target_profile: Profile | None = None) -> tuple[dict, dict, dict]:
-    "`prepare_raw`, with every split encoded at the profile's max length: (targets, sources, checks)."
+    "`prepare_raw`, encoded: targets at the profile's `target_length`, sources at its `max_length` (targets, sources, checks)."
     raw_t, raw_s, checks = prepare_raw(prof, data_dir, target_profile)
-    return encode_all(raw_t, tok, prof.max_length), encode_all(raw_s, tok, prof.max_length), checks
+    return encode_all(raw_t, tok, prof.target_length), encode_all(raw_s, tok, prof.max_length), checks
 
 # %% ../nbs/05_transfer.ipynb #37e8fac2
 def multitask_encoder(prof: Profile, sources: dict, seed: int, store: Store, pad_id: int, device,
@@ -213,7 +213,8 @@ def profile_key(prof: Profile, data_dir) -> dict:
     Figure 2's budgets keeps Table 2's records valid; the pool policy's fields only where it is used) and where the
     data came from."""
     d = prof.to_dict()
-    return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **dtype_key(prof.extract_dtype),
+    longer = {"target_max_length": prof.target_max_length} if prof.target_max_length else {}  # only where set: older keys hold
+    return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **dtype_key(prof.extract_dtype), **longer,
                                                               **eval_key(prof)}),
             "data": "mirror" if data_dir is not None else "hub"}
 
@@ -425,8 +426,8 @@ def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=No
     raw_t, _, _ = prepare_raw(prof, data_dir)
     raw_all, _, checks_all = prepare_raw(prof, data_dir, replace(prof, target_train_rows=None)) \
         if prof.eval_policy == "paper" else (raw_t, None, None)
-    short, longer = (encode_all(raw_t, tok, n) for n in (prof.max_length, L))
-    every = encode_all(raw_all, tok, prof.max_length) if checks_all else short  # the pool policy has no larger train split
+    short, longer = (encode_all(raw_t, tok, n) for n in (prof.target_length, L))
+    every = encode_all(raw_all, tok, prof.target_length) if checks_all else short  # the pool policy has no larger train split
     rep, records = representation_id(enc), []
     def probe(method: str, t: str, splits: dict, out: dict) -> dict:
         cfg = {"method": method, "task": t, "representation": rep, "wds": list(PROBE_WDS), "v": 3,
@@ -437,13 +438,13 @@ def diagnose_frozen(seed: int = 0, profile: str | Profile = "small", data_dir=No
                     **eval_rows_keys(store, t, splits)}
         return store.ledger.run(cfg, work)
     for t in prof.target_tasks:
-        cut = truncated_share(longer[t]["test"], prof.max_length)
-        records.append(probe("frozen_probe", t, short[t], {"truncated": cut, "max_length": prof.max_length,
+        cut = truncated_share(longer[t]["test"], prof.target_length)
+        records.append(probe("frozen_probe", t, short[t], {"truncated": cut, "max_length": prof.target_length,
                                                            "train_rows": len(short[t]["train"]), "train_rows_all": len(every[t]["train"])}))
         if checks_all and len(every[t]["train"]) > len(short[t]["train"]):  # the same probe, on the whole train split
             records.append(probe("frozen_probe_all", t, every[t], {"train_rows": len(every[t]["train"]),
                                  "chance": checks_all["chance"][t], "n_test": checks_all["n_test"][t]}))
-        if cut > 0 and L > prof.max_length and (long_targets is None or t in long_targets):
+        if cut > 0 and L > prof.target_length and (long_targets is None or t in long_targets):
             records.append(score_target(enc, "frozen_long", t, longer[t], prof, seed, store, pad, key, progress=progress,
                                         extra={"max_length": L}))
     return pd.DataFrame(records)
@@ -556,6 +557,25 @@ def diagnosis_lines(diag: pd.DataFrame, max_length: int) -> list[str]:
     return out
 
 # %% ../nbs/05_transfer.ipynb #d38a4206
+def length_text(prof: Profile) -> str:
+    "The max lengths of a profile, in words."
+    return (f"max length {prof.max_length} tokens" if prof.target_length == prof.max_length else
+            f"max length {prof.max_length} tokens for source pairs, {prof.target_length} for every target row")
+
+def budget_text(prof: Profile) -> str:
+    "The training budgets of a profile and how each checkpoint is chosen, in words."
+    every = lambda n: f", source dev every {n} steps, the best-dev checkpoint kept" if n else ""
+    ft = f"{prof.finetune_steps} steps" if prof.finetune_steps else f"{prof.finetune_epochs} epochs"
+    ft += (f", target dev every {prof.finetune_eval_every} steps, the best-dev checkpoint scored" if prof.finetune_eval_every
+           else ", scored at the last step")
+    ft += (f", lr per target from {{{', '.join(f'{lr:g}' for lr in prof.finetune_lrs)}}} by seed 0's best dev accuracy"
+           if prof.finetune_lrs else f", lr {prof.finetune_lr:g}")
+    return (f"Budgets: prefix {f'{prof.prefix_steps} steps' if prof.prefix_steps else f'{prof.prefix_epochs} epochs'} × batch "
+            f"{prof.prefix_batch} (paper: 40 epochs), lr {prof.prefix_lr}{every(prof.prefix_eval_every)}; multi-task "
+            f"{prof.multitask_steps} steps × batch {prof.multitask_batch} (paper: 400,000), lr {prof.multitask_lr}"
+            f"{every(prof.multitask_eval_every)}; target heads {prof.head_epochs} epochs (paper: 80), best epoch chosen on the "
+            f"internal dev split; fine-tuning upper bound {ft} (not given in the paper).")
+
 def describe_deviations(prof: Profile, data_dir, checks: dict | None = None) -> list[str]:
     "The ways this run differs from the paper, as sentences (from the profile, the task registry and `checks`' sizes)."
     out = []
@@ -574,7 +594,7 @@ def describe_deviations(prof: Profile, data_dir, checks: dict | None = None) -> 
         sizes = checks.get("sizes", {}) if checks else {}
         out.append(f"Row caps: source training pools ≤ {prof.source_train_rows}; target train ≤ {prof.target_train_rows} "
                    f"(a fixed random subset of the paper policy's train split; whole passages for boolq, multirc, cosmosqa); "
-                   f"max length {prof.max_length} tokens.")
+                   + length_text(prof) + ".")
         out.append("Evaluation sets (the pool policy, not the paper's split): every labelled target row outside the train "
                    "budget — the train split beyond the cap, the dev and test parts, and MRPC's labelled official test "
                    f"split — is evaluation data; dev takes about {prof.dev_rows} rows (whole groups: it may overshoot; at "
@@ -588,15 +608,8 @@ def describe_deviations(prof: Profile, data_dir, checks: dict | None = None) -> 
     else:
         out.append(f"Row caps: source training pools ≤ {prof.source_train_rows}, target train ≤ {prof.target_train_rows}, "
                    f"dev/test ≤ {prof.eval_rows} each (fixed random subsets, split seed {prof.split_seed}); "
-                   f"max length {prof.max_length} tokens.")
-    out.append(f"Budgets: prefix {f'{prof.prefix_steps} steps' if prof.prefix_steps else f'{prof.prefix_epochs} epochs'} × batch {prof.prefix_batch} "
-               f"(paper: 40 epochs), lr {prof.prefix_lr}; multi-task {prof.multitask_steps} steps × batch "
-               f"{prof.multitask_batch} (paper: 400,000), lr {prof.multitask_lr}; target heads {prof.head_epochs} epochs "
-               f"(paper: 80), best epoch chosen on the internal dev split; fine-tuning upper bound "
-               f"{f'{prof.finetune_steps} steps' if prof.finetune_steps else f'{prof.finetune_epochs} epochs'}, lr "
-               f"{prof.finetune_lr} (not given in the paper)."
-               + (" Steps and row caps were sized from step times measured on 2 CPU cores (MiniLM, batch 16; see "
-                  "nbs/00_core.ipynb) so that one seed fits in about two hours." if prof.name == "small" else ""))
+                   + length_text(prof) + ".")
+    out.append(budget_text(prof))
     if prof.extract_dtype != "float32":
         out.append(f"Fixed representations computed under {prof.extract_dtype} autocast (the paper's are fp32; "
                    "`benchmarks/bf16_check.py` measures the score change).")
@@ -699,7 +712,7 @@ def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_di
         lines += ["", f"**Score check**: the per-example predictions of {len(score_check)} records give back their recorded "
                   f"dev and test scores exactly" + (f", except {len(bad)}: {', '.join(bad.config_hash)}." if len(bad) else ".")]
     if checks: lines += ["", "**Sanity checks**", ""] + [f"- {c}" for c in sanity_lines(long, checks)]
-    if diagnosis is not None and len(diag := diagnosis_lines(diagnosis, prof.max_length)):
+    if diagnosis is not None and len(diag := diagnosis_lines(diagnosis, prof.target_length)):
         lines += ["", "**Diagnosis of the frozen row**", ""] + [f"- {c}" for c in diag] + ["", "Per target (%; `probe`: "
                   "linear probe on the same states, one deterministic record; `*_const`: the dev-selected probe predicts "
                   "one class on test; `rows`: its train rows (the cap); `probe_all`: the same probe trained on all `rows_all` train rows, scored on the "

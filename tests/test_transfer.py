@@ -127,3 +127,17 @@ def test_finetune_lr_is_chosen_on_seed_0_dev(tmp_path, data_dir):
     for t, g in led[led.seed == 0].groupby("task"):
         best = g.sort_values("lr").loc[g.dev.idxmax()] if g.dev.nunique() > 1 else g[g.lr == 1e-5].iloc[0]
         assert recs[(recs.task == t)].lr.iloc[0] == best.lr
+
+
+def test_target_rows_are_encoded_at_the_target_length(data_dir):
+    "target_max_length truncates every target pair (and only targets) at its own length, and names a new Table 2 key."
+    from prefixrep.core import get_profile
+    from prefixrep.prefix import load_backbone
+    from prefixrep.transfer import prepare_data, profile_key
+    prof = get_profile("smoke", target_tasks=("boolq", "multirc"), target_max_length=24)
+    _, tok = load_backbone(prof.backbone)
+    targets, sources, _ = prepare_data(prof, data_dir, tok)
+    longest = lambda splits: max(len(v) for sp in splits.values() for rows in sp.values() for e in rows for v in e.input_ids)
+    assert longest(targets) == 24 and longest(sources) == prof.max_length == 48
+    assert profile_key(prof, data_dir) != profile_key(get_profile("smoke", target_tasks=("boolq", "multirc")), data_dir)
+    assert profile_key(get_profile("smoke", target_max_length=None), data_dir) == profile_key(get_profile("smoke"), data_dir)
