@@ -51,6 +51,7 @@ class Profile:
     prefix_batch: int = 16
     prefix_epochs: float = 40
     prefix_steps: int | None = None     # if set, overrides prefix_epochs
+    prefix_steps_by_task: tuple = ()    # ((source, steps), ...): per-source budgets (the budget rule's); others prefix_steps
     prefix_lr: float = 5e-3
     prefix_wd: float = 1e-5
     prefix_eval_every: int | None = None  # learning curve: source dev every this many steps, best-dev checkpoint kept
@@ -100,6 +101,10 @@ class Profile:
         for f in ("eval_policy", "update_eval_policy"):
             if getattr(self, f) not in EVAL_POLICIES + ((None,) if f == "update_eval_policy" else ()):
                 raise ValueError(f"{f} must be one of {EVAL_POLICIES}, got {getattr(self, f)!r}")
+
+    def source_steps(self, task: str) -> int | None:
+        "The prefix budget of source `task`: its entry of `prefix_steps_by_task`, else `prefix_steps` (None: epochs)."
+        return dict(self.prefix_steps_by_task).get(task, self.prefix_steps)
 
     @property
     def target_length(self) -> int:

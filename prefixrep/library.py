@@ -210,7 +210,7 @@ def library_records(results_dir: str | Path, profile: str = "small", seed: int =
     "The ledger's `source_prefix` records of `profile`'s prefix budget for `seed`, one per source task."
     prof = get_profile(profile)
     recs = [r for r in Ledger(Path(results_dir) / "ledger").records() if r.get("method") == "source_prefix"
-            and r.get("seed") == seed and r.get("backbone") == prof.backbone and r.get("steps") == prof.prefix_steps
+            and r.get("seed") == seed and r.get("backbone") == prof.backbone and r.get("steps") == prof.source_steps(r.get("task"))
             and r.get("train_rows") == prof.source_train_rows and r.get("max_length") == prof.max_length]
     by_task = {r["task"]: r for r in sorted(recs, key=lambda r: r["finished"])}  # the latest, where a unit was redone
     missing = [t for t in prof.source_tasks if t not in by_task]

@@ -84,7 +84,8 @@ def run_removal(seed: int = 0, profile: str | Profile = "small", data_dir=None, 
     feats_dir = store.cache_dir / "features"
     before = set(feats_dir.glob("*.pt"))
     enc = PrefixEncoder(model.to(dev), prof.prefix_length)
-    for s in sources: train_source_prefix(enc, s, srcs[s], prof, seed, store, pad, progress=progress)  # Table 2's units
+    for s in sources:  # Table 2's units
+        train_source_prefix(enc, s, srcs[s], prof, seed, store, pad, steps=prof.source_steps(s), progress=progress)
     jobs = []  # first every subset's fixed representations, then all heads of a target as one batched run
     for removed in tqdm(sets, desc=f"removal subsets s{seed}", disable=not progress):
         enc.set_active([s for s in sources if s not in removed])

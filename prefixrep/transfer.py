@@ -27,12 +27,12 @@ from .evidence import cell_intervals, check_scores, claim_sentence, compare, upd
 from .stats import claims_row
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'TABLE2_CLAIMS', 'DIAGNOSIS_METHODS', 'project_root',
-           'check_params', 'example_texts', 'shingles', 'overlap_filter', 'train_texts', 'decontaminate',
-           'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile', 'prepare_raw', 'pool_targets',
-           'prepare_data', 'multitask_encoder', 'finetune_key', 'finetune_unit', 'chosen_lr', 'profile_key',
-           'run_transfer', 'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2_records', 'table2', 'wide_table',
-           'difference_table', 'write_table2', 'paper_difference', 'table2_evidence', 'with_intervals',
+__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'FINETUNE_FIELDS', 'TABLE2_CLAIMS', 'DIAGNOSIS_METHODS',
+           'project_root', 'check_params', 'example_texts', 'shingles', 'overlap_filter', 'train_texts',
+           'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile', 'prepare_raw',
+           'pool_targets', 'prepare_data', 'multitask_encoder', 'finetune_key', 'finetune_unit', 'chosen_lr',
+           'profile_key', 'run_transfer', 'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2_records', 'table2',
+           'wide_table', 'difference_table', 'write_table2', 'paper_difference', 'table2_evidence', 'with_intervals',
            'long_length_of', 'truncated_share', 'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals',
            'diagnosis_markdown', 'diagnosis_lines', 'length_text', 'budget_text', 'describe_deviations', 'claims',
            'table2_compute_hours', 'sanity_lines', 'report_text']
@@ -195,9 +195,17 @@ TABLE2_FIELDS = ("backbone", "max_length", "source_tasks", "target_tasks", "sour
                  "multitask_lr", "multitask_wd", "finetune_batch", "finetune_epochs", "finetune_steps", "finetune_lr",
                  "finetune_wd")
 
+FINETUNE_FIELDS = ("backbone", "source_tasks", "target_tasks", "source_train_rows", "target_train_rows", "eval_rows",
+                   "split_seed", "finetune_batch", "finetune_epochs", "finetune_steps", "finetune_wd")
+
 def finetune_key(prof: Profile, data_dir) -> dict:
-    "`profile_key` of the fine-tuning units: they use no fixed representation, so it is the fp32 key for any dtype."
-    return profile_key(replace(prof, extract_dtype="float32"), data_dir)
+    """`profile_key` of the fine-tuning units. With dev selection (`finetune_eval_every`) it hashes only what fine-tuning
+    depends on: the target rows (with the source pools that decontaminate them), their length and its own budget, so
+    new prefix or multi-task budgets keep its records. Without, the fp32 Table 2 key (the older units' key)."""
+    if prof.finetune_eval_every is None: return profile_key(replace(prof, extract_dtype="float32"), data_dir)
+    d = prof.to_dict()
+    return {**profile_key(prof, data_dir), "profile_hash": config_hash({**{k: d[k] for k in FINETUNE_FIELDS},
+                                                                     "target_length": prof.target_length, **eval_key(prof)})}
 
 def finetune_unit(prof: Profile, task: str, seed: int, lr: float, data_dir) -> dict:
     "The configuration naming one fine-tuning unit (its dev-evaluation spacing only where it has one)."
@@ -213,7 +221,7 @@ def profile_key(prof: Profile, data_dir) -> dict:
     Figure 2's budgets keeps Table 2's records valid; the pool policy's fields only where it is used) and where the
     data came from."""
     d = prof.to_dict()
-    longer = {"target_max_length": prof.target_max_length} if prof.target_max_length else {}  # only where set: older keys hold
+    longer = {k: d[k] for k in ("target_max_length", "prefix_steps_by_task") if d[k]}  # only where set: older keys hold
     return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **dtype_key(prof.extract_dtype), **longer,
                                                               **eval_key(prof)}),
             "data": "mirror" if data_dir is not None else "hub"}
@@ -239,7 +247,7 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
     enc = PrefixEncoder(model.to(dev), prof.prefix_length)
     if "frozen" in methods: score_all(enc, "frozen")
     if "prefix" in methods:
-        for s in sources: train_source_prefix(enc, s, srcs[s], prof, seed, store, pad, progress=progress)
+        for s in sources: train_source_prefix(enc, s, srcs[s], prof, seed, store, pad, steps=prof.source_steps(s), progress=progress)
         enc.set_active(sources)
         score_all(enc, "prefix")
     if "multitask" in methods:
@@ -570,7 +578,9 @@ def budget_text(prof: Profile) -> str:
            else ", scored at the last step")
     ft += (f", lr per target from {{{', '.join(f'{lr:g}' for lr in prof.finetune_lrs)}}} by seed 0's best dev accuracy"
            if prof.finetune_lrs else f", lr {prof.finetune_lr:g}")
-    return (f"Budgets: prefix {f'{prof.prefix_steps} steps' if prof.prefix_steps else f'{prof.prefix_epochs} epochs'} × batch "
+    pre = f"{prof.prefix_steps} steps" if prof.prefix_steps else f"{prof.prefix_epochs} epochs"
+    if prof.prefix_steps_by_task: pre = "steps per source (" + ", ".join(f"{t} {prof.source_steps(t)}" for t in prof.source_tasks) + ")"
+    return (f"Budgets: prefix {pre} × batch "
             f"{prof.prefix_batch} (paper: 40 epochs), lr {prof.prefix_lr}{every(prof.prefix_eval_every)}; multi-task "
             f"{prof.multitask_steps} steps × batch {prof.multitask_batch} (paper: 400,000), lr {prof.multitask_lr}"
             f"{every(prof.multitask_eval_every)}; target heads {prof.head_epochs} epochs (paper: 80), best epoch chosen on the "
@@ -640,7 +650,7 @@ def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple
     seeds = sorted(int(s) for s in mine.seed.dropna().unique())
     units = ledger[ledger.seed.isin(seeds)]
     src = units[(units.method == "source_prefix") & units.task.isin(prof.source_tasks)]
-    src = src[src.steps == prof.prefix_steps] if prof.prefix_steps else src
+    if prof.prefix_steps or prof.prefix_steps_by_task: src = src[src.steps == src.task.map(prof.source_steps)]
     mt = units[units.method == "multitask_model"]
     if not mt.empty:
         mt = mt[(mt.steps == prof.multitask_steps).to_numpy() & np.array([sorted(t) == sorted(prof.source_tasks) for t in mt.tasks])]

@@ -127,6 +127,9 @@ def test_finetune_lr_is_chosen_on_seed_0_dev(tmp_path, data_dir):
     for t, g in led[led.seed == 0].groupby("task"):
         best = g.sort_values("lr").loc[g.dev.idxmax()] if g.dev.nunique() > 1 else g[g.lr == 1e-5].iloc[0]
         assert recs[(recs.task == t)].lr.iloc[0] == best.lr
+    # new prefix / multi-task budgets keep these units (their key is the fine-tuning fields only)
+    recs2 = table2_records(led, get_profile(prof, prefix_steps=99, multitask_steps=99), data_dir)
+    assert len(recs2) == 16 and len(table2_records(led, get_profile(prof, finetune_wd=0.5), data_dir)) == 0
 
 
 def test_target_rows_are_encoded_at_the_target_length(data_dir):
@@ -141,3 +144,14 @@ def test_target_rows_are_encoded_at_the_target_length(data_dir):
     assert longest(targets) == 24 and longest(sources) == prof.max_length == 48
     assert profile_key(prof, data_dir) != profile_key(get_profile("smoke", target_tasks=("boolq", "multirc")), data_dir)
     assert profile_key(get_profile("smoke", target_max_length=None), data_dir) == profile_key(get_profile("smoke"), data_dir)
+
+
+def test_per_source_prefix_budgets_name_the_units(tmp_path, data_dir):
+    "prefix_steps_by_task trains each listed source for its own steps (the others for prefix_steps) and keys Table 2 by it."
+    from prefixrep.core import Ledger, get_profile
+    from prefixrep.transfer import profile_key, run_transfer
+    prof = get_profile("smoke", target_tasks=("rte",), prefix_steps_by_task=(("sst2", 2),))
+    run_transfer(0, prof, data_dir, tmp_path / "r", tmp_path / "c", tmp_path / "rep", methods=("prefix",), progress=False)
+    steps = {r["task"]: r["steps"] for r in Ledger(tmp_path / "r" / "ledger").records() if r["method"] == "source_prefix"}
+    assert steps == {"mnli": 4, "sst2": 2, "winogrande": 4}
+    assert profile_key(prof, data_dir) != profile_key(get_profile("smoke", target_tasks=("rte",)), data_dir)
