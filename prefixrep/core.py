@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'EVAL_POLICIES', 'PROFILES', 'PLATEAU_GAIN', 'SCRATCH_PROFILES',
-           'Profile', 'get_profile', 'curve_scores', 'plateau_step', 'seed_everything', 'get_device', 'cpuinfo',
-           'cpu_flags', 'fast_bf16', 'eval_key', 'dtype_key', 'config_hash', 'atomic_write', 'write_json', 'torch_save',
-           'absolute_path', 'scratch_dir', 'default_results_dir', 'default_cache_dir', 'default_reports_dir', 'Store',
-           'Ledger', 'provenance', 'cpu_model', 'data_hash', 'task_seed']
+__all__ = ['SOURCE_TASKS', 'TARGET_TASKS', 'EXTRACT_DTYPES', 'EVAL_POLICIES', 'PROFILES', 'SMALL_BEFORE_CURVES', 'PLATEAU_GAIN',
+           'SCRATCH_PROFILES', 'Profile', 'get_profile', 'curve_scores', 'plateau_step', 'seed_everything',
+           'get_device', 'cpuinfo', 'cpu_flags', 'fast_bf16', 'eval_key', 'dtype_key', 'config_hash', 'atomic_write',
+           'write_json', 'torch_save', 'absolute_path', 'scratch_dir', 'default_results_dir', 'default_cache_dir',
+           'default_reports_dir', 'Store', 'Ledger', 'provenance', 'cpu_model', 'data_hash', 'task_seed']
 
 # %% ../nbs/00_core.ipynb #326b1350
 SOURCE_TASKS = ("mnli", "qnli", "qqp", "sst2", "yelp2", "record", "winogrande")
@@ -128,14 +128,14 @@ PROFILES: dict[str, Profile] = {
         eval_batch=32, checkpoint_every=2,
         notes="tiny random-initialised BERT, a few dozen rows per task: exercises the code path, the numbers mean nothing"),
     "small": Profile(
-        name="small", backbone="minilm", max_length=128,
+        name="small", backbone="minilm", max_length=128, target_max_length=256,
         source_tasks=("mnli", "qnli", "qqp", "sst2", "yelp2", "winogrande"),
         source_train_rows=8000, target_train_rows=1000, eval_rows=600,
         eval_policy="pool", dev_rows=500, test_rows=2000, min_dev_rows=300,
         update_eval_policy="paper",  # Table 3 / Figure 2 keep their committed splits until they are rerun
         prefix_steps=800, prefix_lr=5e-3,
         multitask_steps=2400, multitask_lr=2e-5,
-        finetune_steps=200, finetune_lr=3e-5,
+        finetune_epochs=6, finetune_eval_every=63, finetune_lrs=(1e-5, 3e-5, 1e-4),  # dev every epoch (1,000 rows / 16)
         update_train_rows=400, update_eval_rows=300, sequential_budgets=(100, 400), sequential_orders=(0, 1, 2),
         curve_prefix_steps=4000, curve_multitask_steps=8000, curve_eval_every=250,  # learning-curve caps (nbs/12)
         notes="MiniLM-L6 on the offline mirror, subsampled; ReCoRD is absent; Yelp-2 is stood in by Amazon reviews"),
@@ -143,6 +143,10 @@ PROFILES: dict[str, Profile] = {
         name="paper", backbone="roberta-large", max_length=256,
         notes="Appendix A settings on full data; needs a GPU and the Hugging Face Hub"),
 }
+
+SMALL_BEFORE_CURVES = dict(target_max_length=None, prefix_steps=800, multitask_steps=2400, finetune_steps=200,
+                           finetune_lr=3e-5, finetune_epochs=10, finetune_eval_every=None, finetune_lrs=())
+"`get_profile('small', **SMALL_BEFORE_CURVES)`: the `small` of the reports written before the learning curves."
 
 def get_profile(profile: str | Profile, **overrides) -> Profile:
     "Look up a profile by name (or pass one through), optionally overriding fields."

@@ -37,10 +37,11 @@ def test_pool_policy_sizes_and_disjoint_splits(pool_splits, data_dir):
 
 
 def _table2_records():
-    from prefixrep.core import Store, get_profile
+    "Table 2's committed units under `small` and under the `small` of the reports before the learning curves."
+    from prefixrep.core import SMALL_BEFORE_CURVES, Store, get_profile
     from prefixrep.transfer import table2_records
     ledger = Store(ROOT / "results", ROOT / "artifacts").ledger.frame()
-    return table2_records(ledger, get_profile("small"), "mirror")
+    return pd.concat([table2_records(ledger, get_profile("small", **o), "mirror") for o in ({}, SMALL_BEFORE_CURVES)])
 
 
 def test_committed_table2_units_carry_predictions_that_give_their_scores():
