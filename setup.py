@@ -25,7 +25,8 @@ setuptools.setup(
     include_package_data=True,
     package_data={"prefixrep": ["pretrained/*/*"]},  # the shipped prefix libraries (nbs/10_library.ipynb)
     install_requires=cfg["requirements"].split(),
-    extras_require={"dev": cfg["dev_requirements"].split(), "docs": cfg["docs_requirements"].split()},
+    extras_require={"dev": cfg["dev_requirements"].split(), "docs": cfg["docs_requirements"].split(),
+                    "cluster": cfg["cluster_requirements"].split()},  # Ray and accelerate: optional (README "Running on a GPU cluster")
     entry_points={"console_scripts": cfg["console_scripts"].split(), "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     classifiers=["Programming Language :: Python :: 3", "Intended Audience :: Science/Research",
                  "Topic :: Scientific/Engineering :: Artificial Intelligence"],

@@ -16,8 +16,8 @@ from .core import EXTRACT_DTYPES, PROFILES, absolute_path, default_reports_dir
 from .transfer import project_root
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'PATH_VARIABLES', 'find_notebooks', 'run_plan', 'run_experiment', 'parse_args', 'absolute_environment',
-           'main']
+__all__ = ['EXPERIMENTS', 'BACKENDS', 'PATH_VARIABLES', 'find_notebooks', 'run_plan', 'run_experiment', 'add_run_options',
+           'parse_args', 'absolute_environment', 'dispatch_units', 'main']
 
 # %% ../nbs/08_cli.ipynb #9bcab05b
 EXPERIMENTS = {"transfer": "05_transfer.ipynb", "removal": "06_removal.ipynb", "sequential": "07_sequential.ipynb"}
@@ -48,24 +48,39 @@ def run_experiment(nb: Path, out: Path, params: dict, log=print) -> float:
     return dt
 
 # %% ../nbs/08_cli.ipynb #992d5f62
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="prefixrep", description="Reproduce Huang et al. 2023 (Table 2, Table 3, Figure 2).")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the experiment notebooks through papermill")
+BACKENDS = ("local", "ray")
+
+def add_run_options(r: argparse.ArgumentParser) -> None:
+    "The options every command shares: profile, seeds, where data, results and caches are, backbone, device."
     r.add_argument("--profile", default="small", choices=sorted(PROFILES))
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
-    r.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     r.add_argument("--data-dir", default=None, help="offline mirror (default: $PREFIXREP_DATA_DIR or ../shared/data)")
     r.add_argument("--results-dir", default=None,
                    help="ledger and prefixes (default: $PREFIXREP_RESULTS, else results/; smoke: runs/smoke/results)")
     r.add_argument("--cache-dir", default=None, help="feature caches, checkpoints (default: $PREFIXREP_CACHE, else artifacts/)")
-    r.add_argument("--reports-dir", default=None, help="tables and figures (default: reports/; smoke: runs/smoke/reports)")
-    r.add_argument("--run-dir", default="runs", help="where the executed notebooks go")
     r.add_argument("--backbone", default=None)
     r.add_argument("--device", default="auto")
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="prefixrep", description="Reproduce Huang et al. 2023 (Table 2, Table 3, Figure 2).")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the experiment notebooks through papermill")
+    add_run_options(r)
+    r.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    r.add_argument("--reports-dir", default=None, help="tables and figures (default: reports/; smoke: runs/smoke/reports)")
+    r.add_argument("--run-dir", default="runs", help="where the executed notebooks go")
     r.add_argument("--extract-dtype", default=None, choices=EXTRACT_DTYPES,
                    help="fixed representations in fp32 (the profile's default) or under bf16 autocast")
     r.add_argument("--nbs", default=None, help="folder with the experiment notebooks (default: <checkout>/nbs)")
+    r.add_argument("--backend", default="local", choices=BACKENDS,
+                   help="ray: run Table 2's independent units as Ray tasks first (needs the 'cluster' extra)")
+    r.add_argument("--address", default=None, help="Ray cluster to join ('auto', 'ray://host:10001'; default: a local Ray)")
+    r.add_argument("--unit-gpus", type=float, default=None, help="GPUs per small unit on Ray (default 0.25 where there are GPUs)")
+    r.add_argument("--encoder-gpus", type=float, default=None, help="GPUs per encoder-wide unit on Ray (default 1)")
+    e = sub.add_parser("encoders", help="train Table 2's encoder-wide units (multi-task model, fine-tuning) here; "
+                                        "data-parallel under `accelerate launch`")
+    add_run_options(e)
+    e.add_argument("--methods", nargs="+", default=["multitask", "finetune"], choices=["multitask", "finetune"])
     return p.parse_args(argv)
 
 PATH_VARIABLES = ("PREFIXREP_DATA_DIR", "PREFIXREP_RESULTS", "PREFIXREP_CACHE")
@@ -77,11 +92,27 @@ def absolute_environment(env: dict = os.environ) -> dict:
     env.update(changed)
     return changed
 
+def dispatch_units(a: argparse.Namespace, log=print) -> list[dict]:
+    """`--backend ray`: the independent units of the run as Ray tasks (Table 2's, or only the source prefixes when
+    Table 2 is not among the experiments), before the notebooks run."""
+    from prefixrep.cluster import run_table2_units
+    kinds = ("prefix", "multitask", "finetune", "heads") if "transfer" in a.experiments else ("prefix",)
+    log(f"[prefixrep] ray: the units of seeds {a.seeds} ({', '.join(kinds)}) on {a.address or 'a local Ray'}")
+    return run_table2_units(a.seeds, a.profile, a.data_dir, a.results_dir, a.cache_dir, a.backbone, a.device, kinds=kinds,
+                            address=a.address, unit_gpus=a.unit_gpus, encoder_gpus=a.encoder_gpus,
+                            extract_dtype=a.extract_dtype, log=log)
+
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `prefixrep` command."
     a = parse_args(argv)
     absolute_environment()  # once, here, before anything runs elsewhere
+    if a.command == "encoders":
+        from prefixrep.cluster import encoder_units, is_main_process
+        done = encoder_units(a.seeds, a.profile, a.data_dir, a.results_dir, a.cache_dir, a.backbone, a.device, a.methods)
+        if is_main_process(): print(f"[prefixrep] {len(done)} encoder-wide units recorded")
+        return 0
     nbs = absolute_path(find_notebooks(a.nbs))
+    if a.backend == "ray": dispatch_units(a)
     plan = run_plan(a.experiments, a.seeds)
     run_dir = absolute_path(a.run_dir) / (a.profile + ("" if a.extract_dtype in (None, "float32") else f"-{a.extract_dtype}"))
     absolute = lambda p: str(absolute_path(p)) if p else None  # notebooks run in nbs/: make paths absolute

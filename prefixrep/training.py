@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -22,8 +24,9 @@ from .core import Profile, Store, config_hash, data_hash, seed_everything, task_
 from .data import Encoded, Task, bucket_batches, collate, get_task
 
 # %% auto #0
-__all__ = ['UNIT_VERSION', 'MLPHead', 'head_outputs', 'group_logits', 'n_correct', 'BatchStream', 'NonFiniteLoss', 'train_steps',
-           'final_path', 'extend_from', 'device_of', 'encoder_states', 'head_loss', 'predict_head',
+__all__ = ['UNIT_VERSION', 'MLPHead', 'head_outputs', 'group_logits', 'n_correct', 'BatchStream', 'data_parallel',
+           'process_share', 'process_loss', 'is_main_process', 'wait_for_everyone', 'record_unit', 'NonFiniteLoss',
+           'train_steps', 'final_path', 'extend_from', 'device_of', 'encoder_states', 'head_loss', 'predict_head',
            'encode_predictions', 'decode_predictions', 'accuracy', 'evaluate_head', 'prefix_steps', 'prefix_unit',
            'curve_key', 'train_source_prefix', 'multitask_unit', 'train_multitask', 'finetune_steps', 'finetune_target']
 
@@ -80,6 +83,67 @@ class BatchStream:
         e, i = divmod(step, self.steps_per_epoch)
         return [self.data[j] for j in self.epoch_batches(e)[i]]
 
+# %% ../nbs/03_training.ipynb #4061c78a
+def data_parallel():
+    """This process's `accelerate.Accelerator` when it is one of N > 1 processes (`WORLD_SIZE` > 1, as `accelerate launch`
+    and `notebook_launcher` set it), else None: on one process nothing imports `accelerate`."""
+    return _accelerator() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+@functools.cache
+def _accelerator():
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    # a multi-task step trains one task's head: the other heads are unused parameters of that step. Without a GPU,
+    # `cpu=True` makes N processes one gloo group (otherwise accelerate would leave each process on its own)
+    acc = Accelerator(cpu=not torch.cuda.is_available(),
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if acc.num_processes != int(os.environ["WORLD_SIZE"]):
+        raise RuntimeError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but accelerate formed a group of {acc.num_processes}")
+    return acc
+
+def process_share(batch: Sequence) -> tuple[list, float]:
+    """This process's rows of the global `batch` and their share of its rows: `(batch, 1.0)` on one process; rank `r`
+    of N takes the `r`-th of N contiguous, near-equal slices. A slice left empty (fewer rows than processes) takes
+    one row at share 0, so that its process still runs the forward and backward the others wait for."""
+    acc = data_parallel()
+    if acc is None: return list(batch), 1.0
+    n, r = acc.num_processes, acc.process_index
+    lo, hi = len(batch) * r // n, len(batch) * (r + 1) // n
+    return (list(batch[lo:hi]), (hi - lo) / len(batch)) if hi > lo else (list(batch[:1]), 0.0)
+
+def process_loss(loss_of: Callable[[list], torch.Tensor], batch: Sequence) -> torch.Tensor:
+    "This process's part of the global `batch`'s mean loss: `loss_of(rows)` (a mean over `rows`) times their share."
+    rows, share = process_share(batch)
+    loss = loss_of(rows)
+    return loss if share == 1.0 else loss * share
+
+def is_main_process() -> bool:
+    "True on one process, and on the main one of N: the only process that writes checkpoints, weights and records."
+    acc = data_parallel()
+    return acc is None or acc.is_main_process
+
+def wait_for_everyone() -> None:
+    "A barrier across the N processes (nothing on one)."
+    if (acc := data_parallel()) is not None: acc.wait_for_everyone()
+
+def record_unit(store: Store, cfg: dict, work: Callable[[], dict]) -> dict:
+    """`store.ledger.run(cfg, work)` for a unit that N processes train together: all of them find the unit finished
+    or not (before any writes), all run `work`, only the main process records it, and all return the record."""
+    if data_parallel() is None: return store.ledger.run(cfg, work)
+    key = config_hash(cfg)
+    done = key in store.ledger
+    wait_for_everyone()
+    if not done:
+        if is_main_process(): store.ledger.run(cfg, work)
+        else: work()
+    wait_for_everyone()
+    return store.ledger.get(key)
+
+class _Steps(nn.Module):
+    "The modules of a training loop as one module whose forward is the loss of a step: what DDP wraps."
+    def __init__(self, modules: dict[str, nn.Module], loss_fn: Callable[[int], torch.Tensor]):
+        super().__init__(); self.parts, self.loss_fn = nn.ModuleDict(modules), loss_fn
+    def forward(self, step: int) -> torch.Tensor: return self.loss_fn(step)
+
 # %% ../nbs/03_training.ipynb #141a1016
 class NonFiniteLoss(RuntimeError):
     "Raised when a training loss is NaN or infinite."
@@ -87,7 +151,8 @@ class NonFiniteLoss(RuntimeError):
 def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Module], params: Sequence[nn.Parameter],
                 steps: int, lr: float, weight_decay: float, ckpt: Path | None = None, checkpoint_every: int = 200,
                 desc: str = "train", progress: bool = True, evaluate: Callable[[], float] | None = None,
-                eval_every: int = 0, on_eval: Callable[[int, float], None] | None = None, final: Path | None = None) -> dict:
+                eval_every: int = 0, on_eval: Callable[[int, float], None] | None = None, final: Path | None = None,
+                on_step: Callable[[int, float], None] | None = None, accelerator=None) -> dict:
     """Run `steps` Adam steps of `loss_fn(step)` over `params`; checkpoint `modules` + optimiser atomically every
     `checkpoint_every` steps to `ckpt` and resume from it (weights, optimiser, RNG state and elapsed time). Returns
     {'steps', 'loss' (mean of the last 50), 'resumed_from', 'train_seconds' (summed over resumes)}.
@@ -99,24 +164,41 @@ def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Mo
     runs after each evaluation (e.g. to keep a snapshot). Evaluation draws no random numbers, so the weights at step
     `s` of a long run are the weights a run of `s` steps ends with: one run gives every shorter budget. With `final`,
     the state after the last step (before the best one is restored) is kept there, so that a longer run of the same
-    unit can continue from it instead of starting over (`extend_from`)."""
+    unit can continue from it instead of starting over (`extend_from`). `on_step(step, loss)` sees every step's loss.
+
+    **N processes**: with an `accelerator` (`data_parallel()`), `modules` are wrapped in DDP (and moved to this process's
+    device), `loss_fn(step)` must return this process's part of the global batch's mean loss (`process_loss`), the
+    logged loss is the all-reduced global one, and only the main process writes `ckpt` and `final` (with every
+    process's RNG state); see the rule above."""
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     start, before, t0 = 0, 0.0, time.time()
+    forward, backward, global_loss = loss_fn, torch.Tensor.backward, (lambda loss: loss)
+    acc, rank = accelerator, 0
+    if acc is not None:
+        ddp, opt, rank = acc.prepare_model(_Steps(modules, loss_fn)), acc.prepare_optimizer(opt), acc.process_index
+        def forward(step):
+            with acc.autocast(): return ddp(step)
+        backward = lambda loss: acc.backward(loss * acc.num_processes)  # DDP averages: N x the share is the sum
+        global_loss = lambda loss: acc.reduce(loss.detach().clone(), "sum")
+        if rank: torch.manual_seed(torch.initial_seed() + rank)  # this process's own dropout draws
     curve, best = [], None  # best: (dev, step, state of `modules`)
     if ckpt is not None and Path(ckpt).exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         for k, m in modules.items(): m.load_state_dict(state["modules"][k])
         opt.load_state_dict(state["opt"]); start, before = state["step"], state.get("seconds", 0.0)
         curve, best = state.get("curve", []), state.get("best")
-        torch.set_rng_state(state["rng"])  # dropout draws continue as if never interrupted
+        rngs = state.get("rngs") or []  # every process's RNG state, when N processes wrote the checkpoint
+        torch.set_rng_state(rngs[rank] if acc is not None and len(rngs) == acc.num_processes else state["rng"])  # dropout draws continue as if never interrupted
         if torch.cuda.is_available() and state.get("cuda_rng") is not None: torch.cuda.set_rng_state_all(state["cuda_rng"])
     def save(step, path=ckpt):
-        if path is not None:
+        if path is None: return
+        from_all = {} if acc is None else {"rngs": _gather_rng(acc)}  # a collective: every process takes part
+        if rank == 0:
             torch_save(path, {"modules": {k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
                               "step": step, "seconds": before + time.time() - t0, "rng": torch.get_rng_state(),
                               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                              "curve": curve, "best": best})
+                              "curve": curve, "best": best, **from_all})
     def evaluate_now(step):
         nonlocal best
         dev = evaluate(); curve.append([step, dev])
@@ -127,20 +209,29 @@ def train_steps(loss_fn: Callable[[int], torch.Tensor], modules: dict[str, nn.Mo
     tracking = evaluate is not None and eval_every > 0
     losses = []
     for step in tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not progress, mininterval=5):
-        loss = loss_fn(step)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"{desc}: loss is {loss.item()} at step {step}; the unit is stopped (lower the learning rate?)")
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        losses.append(loss.item())
+        loss = forward(step)
+        total = global_loss(loss)  # the global batch's loss (on one process: `loss` itself)
+        if not torch.isfinite(total):
+            raise NonFiniteLoss(f"{desc}: loss is {total.item()} at step {step}; the unit is stopped (lower the learning rate?)")
+        opt.zero_grad(set_to_none=True); backward(loss); opt.step()
+        losses.append(total.item())
+        if on_step is not None: on_step(step, losses[-1])
         if tracking and ((step + 1) % eval_every == 0 or step + 1 == steps): evaluate_now(step + 1)
         if (step + 1) % checkpoint_every == 0 and step + 1 < steps: save(step + 1)
     out = {"steps": steps, "loss": float(np.mean(losses[-50:])) if losses else float("nan"), "resumed_from": start,
-           "train_seconds": round(before + time.time() - t0, 2)}
+           "train_seconds": round(before + time.time() - t0, 2),
+           **({} if acc is None else {"processes": acc.num_processes, "mixed_precision": str(acc.mixed_precision)})}
     if final is not None: save(steps, final)
     if tracking:
         for k, m in modules.items(): m.load_state_dict(best[2][k])
         out.update(curve=curve, best_step=best[1], best_dev=best[0])
+    if acc is not None: acc.free_memory()  # the accelerator forgets the DDP wrapper and optimiser it prepared
     return out
+
+def _gather_rng(acc) -> list[torch.Tensor]:
+    "Every process's CPU RNG state, in rank order."
+    from accelerate.utils import gather_object
+    return gather_object([torch.get_rng_state()])
 
 def final_path(store: Store, cfg: dict) -> Path:
     "Where the last state of a curve unit is kept: named by its configuration *without* its step count (its family)."
@@ -284,9 +375,12 @@ def multitask_unit(profile: Profile, data: dict, seed: int, steps: int) -> dict:
             **curve_key(profile.multitask_eval_every)}
 
 def train_multitask(encoder, data: dict[str, dict[str, list[Encoded]]], profile: Profile, seed: int, store: Store,
-                    pad_id: int, steps: int | None = None, progress: bool = True) -> dict:
+                    pad_id: int, steps: int | None = None, progress: bool = True,
+                    on_step: Callable[[int, float], None] | None = None) -> dict:
     """Fine-tune all of `encoder` (a `PrefixEncoder` with no active prefix) on the source tasks in `data` with uniform
-    task sampling; loads the trained weights into `encoder` (frozen again afterwards). Returns the ledger record."""
+    task sampling; loads the trained weights into `encoder` (frozen again afterwards). Returns the ledger record.
+    On N processes (`accelerate launch`) the global batch is split over them (`process_share`); `on_step(step, loss)`
+    sees each step's global-batch loss."""
     tasks = sorted(data)
     steps = steps or profile.multitask_steps
     cfg = multitask_unit(profile, data, seed, steps)
@@ -300,31 +394,36 @@ def train_multitask(encoder, data: dict[str, dict[str, list[Encoded]]], profile:
         seen = np.cumsum(np.eye(len(tasks), dtype=int)[order], axis=0) - 1  # per-task batch counter at each step
         def loss(s):
             t = tasks[order[s]]
-            return head_loss(encoder, heads[t], get_task(t), streams[t].batch_at(int(seen[s, order[s]])), pad_id)
+            return process_loss(lambda rows: head_loss(encoder, heads[t], get_task(t), rows, pad_id),
+                                streams[t].batch_at(int(seen[s, order[s]])))
         def dev_accuracy() -> dict[str, float]:
             return {t: evaluate_head(encoder, heads[t], get_task(t), data[t]["dev"], pad_id, profile.eval_batch) for t in tasks}
         final = final_path(store, cfg) if profile.multitask_eval_every else None
-        if final is not None: extend_from(final, store.cache_path("ckpt", key, ".pt"), steps)
+        if final is not None and is_main_process(): extend_from(final, store.cache_path("ckpt", key, ".pt"), steps)
+        wait_for_everyone()
         for p in encoder.model.parameters(): p.requires_grad_(True)
         encoder.train(); heads.train()
         out = train_steps(loss, {"encoder": encoder.model, "heads": heads},
                           list(encoder.model.parameters()) + list(heads.parameters()), steps, profile.multitask_lr,
                           profile.multitask_wd, store.cache_path("ckpt", key, ".pt"), profile.checkpoint_every,
                           desc=f"multi-task s{seed}", progress=progress, evaluate=dev_accuracy,
-                          eval_every=profile.multitask_eval_every or 0, final=final)
+                          eval_every=profile.multitask_eval_every or 0, final=final, on_step=on_step,
+                          accelerator=data_parallel())
         for p in encoder.model.parameters(): p.requires_grad_(False)
         encoder.eval()
         dev = dev_accuracy()
-        torch_save(weights, encoder.model.state_dict())
-        store.cache_path("ckpt", key, ".pt").unlink(missing_ok=True)
+        if is_main_process():
+            torch_save(weights, encoder.model.state_dict())
+            store.cache_path("ckpt", key, ".pt").unlink(missing_ok=True)
         return {**out, "dev": dev, "weights": str(weights)}
     if key in store.ledger and not weights.exists():  # the record is committed, the weights (cache) are not:
         print(f"multi-task model {key}: weights not in the cache ({weights}); retraining them (the record is kept)")
         rec, new = store.ledger.get(key), work()      # the record is what its results were made with
+        wait_for_everyone()                           # (N processes: the main one has written the weights)
         if new["dev"] != rec.get("dev"):
             print(f"  note: the retrained model's source dev accuracy {new['dev']} differs from the record's "
                   f"{rec.get('dev')} (recorded on {rec.get('cpu') or rec.get('host')}): fp32 kernels differ between CPUs")
-    else: rec = store.ledger.run(cfg, work)
+    else: rec = record_unit(store, cfg, work)
     encoder.model.load_state_dict(torch.load(weights, map_location=device_of(encoder)))
     for p in encoder.model.parameters(): p.requires_grad_(False)
     encoder.eval()
@@ -338,19 +437,21 @@ def finetune_target(encoder, task: str, splits: dict[str, list[Encoded]], profil
                     pad_id: int, ckpt: Path | None = None, progress: bool = True, lr: float | None = None) -> dict:
     """Fine-tune all of `encoder` + an MLP head on target `task` (at `lr`, default the profile's); returns dev and test
     accuracy. With `profile.finetune_eval_every`, dev is evaluated every that many steps and the best-dev checkpoint
-    is the one scored (its curve is in the result); without, the last step is. Modifies `encoder`."""
+    is the one scored (its curve is in the result); without, the last step is. Modifies `encoder`. On N processes
+    (`accelerate launch`) the global batch is split over them (`process_share`); every process returns the result,
+    the main one alone writes `ckpt`."""
     t = get_task(task)
     seed_everything(seed)
     head = MLPHead(encoder.hidden_size, head_outputs(t)).to(device_of(encoder))
     stream = BatchStream(splits["train"], profile.finetune_batch, seed)
     for p in encoder.model.parameters(): p.requires_grad_(True)
     encoder.train(); head.train()
-    out = train_steps(lambda s: head_loss(encoder, head, t, stream.batch_at(s), pad_id),
+    out = train_steps(lambda s: process_loss(lambda rows: head_loss(encoder, head, t, rows, pad_id), stream.batch_at(s)),
                       {"encoder": encoder.model, "head": head}, list(encoder.model.parameters()) + list(head.parameters()),
                       finetune_steps(profile, len(splits["train"])), lr or profile.finetune_lr, profile.finetune_wd, ckpt,
                       profile.checkpoint_every, desc=f"fine-tune {task} s{seed}", progress=progress,
                       evaluate=lambda: accuracy(predict_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch), splits["dev"]),
-                      eval_every=profile.finetune_eval_every or 0)
+                      eval_every=profile.finetune_eval_every or 0, accelerator=data_parallel())
     for p in encoder.model.parameters(): p.requires_grad_(False)
     pred = {s: predict_head(encoder, head, t, splits[s], pad_id, profile.eval_batch) for s in ("dev", "test")}
     return {**out, "dev": accuracy(pred["dev"], splits["dev"]), "score": accuracy(pred["test"], splits["test"]),
