@@ -9,18 +9,16 @@ import functools
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
-from .core import Profile, Store, config_hash, get_device
+from .core import Profile, Store, get_device
 from .prefix import PrefixEncoder, load_backbone
-from .target import eval_rows_keys
-from .training import data_parallel, finetune_target, is_main_process, record_unit, train_multitask, train_source_prefix
-from .transfer import METHODS, check_params, chosen_lr, finetune_unit, prepare_data, run_transfer
+from .training import data_parallel, is_main_process, train_multitask, train_source_prefix
+from .transfer import METHODS, check_params, finetune_lr, finetune_record, prepare_data, run_transfer
 
 # %% auto #0
-__all__ = ['UNIT_KINDS', 'ENCODER_WIDE', 'RUNNERS', 'WORKER_ENV', 'Unit', 'table2_units', 'prepared', 'finetune_record',
-           'finetune_lr', 'run_unit', 'unit_params', 'unit_resources', 'run_units', 'run_table2_units', 'encoder_units']
+__all__ = ['UNIT_KINDS', 'ENCODER_WIDE', 'RUNNERS', 'WORKER_ENV', 'Unit', 'table2_units', 'prepared', 'run_unit', 'unit_params',
+           'unit_resources', 'run_units', 'run_table2_units', 'encoder_units']
 
 # %% ../nbs/13_cluster.ipynb #4be8c119
 UNIT_KINDS = ("prefix", "multitask", "finetune", "heads")
@@ -65,23 +63,6 @@ def prepared(prof: Profile, data_dir) -> tuple[dict, dict, int]:
     targets, sources, _ = prepare_data(prof, data_dir, tok)
     return targets, sources, tok.pad_token_id
 
-def finetune_record(prof: Profile, task: str, seed: int, lr: float, store: Store, device: str = "auto", data_dir=None,
-                    progress: bool = False) -> dict:
-    "One fine-tuning unit of Table 2, as `run_transfer` runs it (its record, trained here unless the ledger has it)."
-    targets, _, pad = prepared(prof, data_dir)
-    cfg = finetune_unit(prof, task, seed, lr, data_dir)
-    def work() -> dict:
-        ft = PrefixEncoder(load_backbone(prof.backbone)[0].to(get_device(device)), prof.prefix_length, freeze=False)
-        out = finetune_target(ft, task, targets[task], prof, seed, pad, store.cache_path("ckpt", config_hash(cfg), ".pt"),
-                              progress=progress, lr=lr)
-        return {**out, **(eval_rows_keys(store, task, targets[task]) if is_main_process() else {})}
-    return record_unit(store, cfg, work)
-
-def finetune_lr(prof: Profile, task: str, store: Store, device: str = "auto", data_dir=None, progress: bool = False) -> float:
-    "The lr of `task`'s fine-tuning units: the best on seed 0's dev over `finetune_lrs` (those units run first), else `finetune_lr`."
-    grid = [finetune_record(prof, task, 0, lr, store, device, data_dir, progress) for lr in prof.finetune_lrs]
-    return chosen_lr(grid) if grid else prof.finetune_lr
-
 def _prefix(u: Unit, prof: Profile, store: Store, device: str, data_dir, progress: bool) -> list[dict]:
     _, sources, pad = prepared(prof, data_dir)
     enc = PrefixEncoder(load_backbone(prof.backbone)[0].to(get_device(device)), prof.prefix_length)
@@ -94,8 +75,10 @@ def _multitask(u: Unit, prof: Profile, store: Store, device: str, data_dir, prog
     return [train_multitask(enc, sources, prof, u.seed, store, pad, progress=progress)]
 
 def _finetune(u: Unit, prof: Profile, store: Store, device: str, data_dir, progress: bool) -> list[dict]:
-    lr = u.lr if u.lr is not None else finetune_lr(prof, u.name, store, device, data_dir, progress)
-    return [finetune_record(prof, u.name, u.seed, lr, store, device, data_dir, progress)]
+    targets, _, pad = prepared(prof, data_dir)
+    splits, dev = targets[u.name], get_device(device)
+    lr = u.lr if u.lr is not None else finetune_lr(prof, u.name, splits, pad, store, dev, data_dir, progress)
+    return [finetune_record(prof, u.name, u.seed, lr, splits, pad, store, dev, data_dir, progress)]
 
 def _heads(u: Unit, prof: Profile, store: Store, device: str, data_dir, progress: bool) -> list[dict]:
     return run_transfer(u.seed, prof, data_dir, store.results_dir, store.cache_dir, device=device, methods=(u.name,),

@@ -22,7 +22,8 @@ from .data import Encoded, cap_rows, cut_eval, encode, get_task, load_pool, load
 from .prefix import PrefixEncoder, load_backbone
 from .target import (PROBE_WDS, eval_rows_keys, linear_probe, representation_id, run_target_jobs, score_target,
                                split_features, split_rows_hash, target_job)
-from .training import curve_key, finetune_target, multitask_unit, train_multitask, train_source_prefix
+from .training import (curve_key, finetune_target, is_main_process, multitask_unit, record_unit,
+                                train_multitask, train_source_prefix)
 from .evidence import cell_intervals, check_scores, claim_sentence, compare, update_claims
 from .stats import claims_row
 
@@ -31,11 +32,12 @@ __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'FINETUNE
            'project_root', 'check_params', 'example_texts', 'shingles', 'overlap_filter', 'train_texts',
            'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile', 'prepare_raw',
            'pool_targets', 'prepare_data', 'multitask_encoder', 'finetune_key', 'finetune_unit', 'chosen_lr',
-           'profile_key', 'run_transfer', 'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2_records', 'table2',
-           'wide_table', 'difference_table', 'write_table2', 'paper_difference', 'table2_evidence', 'with_intervals',
-           'long_length_of', 'truncated_share', 'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals',
-           'diagnosis_markdown', 'diagnosis_lines', 'length_text', 'budget_text', 'describe_deviations', 'claims',
-           'table2_compute_hours', 'sanity_lines', 'report_text']
+           'finetune_record', 'finetune_lr', 'profile_key', 'run_transfer', 'latest_per_seed', 'mean_std_cells',
+           'sample_std', 'table2_records', 'table2', 'wide_table', 'difference_table', 'write_table2',
+           'paper_difference', 'table2_evidence', 'with_intervals', 'long_length_of', 'truncated_share',
+           'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals', 'diagnosis_markdown', 'diagnosis_lines',
+           'length_text', 'budget_text', 'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines',
+           'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -216,6 +218,25 @@ def chosen_lr(grid: Sequence[dict]) -> float:
     "The lr of the grid record with the best dev accuracy (a tie keeps the grid's first)."
     return max(grid, key=lambda r: (r["dev"], -grid.index(r)))["lr"]
 
+def finetune_record(prof: Profile, task: str, seed: int, lr: float, splits: dict, pad_id: int, store: Store, device,
+                    data_dir, progress: bool = True) -> dict:
+    """One fine-tuning unit of Table 2 on `task`'s encoded `splits`: its record, trained here unless the ledger has it.
+    N processes under `accelerate launch` train it together and the main one records it (`record_unit`)."""
+    cfg = finetune_unit(prof, task, seed, lr, data_dir)
+    def work() -> dict:
+        ft = PrefixEncoder(load_backbone(prof.backbone)[0].to(device), prof.prefix_length, freeze=False)
+        out = finetune_target(ft, task, splits, prof, seed, pad_id, store.cache_path("ckpt", config_hash(cfg), ".pt"),
+                              progress=progress, lr=lr)
+        return {**out, **(eval_rows_keys(store, task, splits) if is_main_process() else {})}
+    return record_unit(store, cfg, work)
+
+def finetune_lr(prof: Profile, task: str, splits: dict, pad_id: int, store: Store, device, data_dir,
+                progress: bool = True) -> float:
+    """The lr of `task`'s fine-tuning units: with an lr grid (`finetune_lrs`), seed 0 runs at every lr first and the
+    best seed-0 dev accuracy picks (`chosen_lr`); without, the profile's `finetune_lr`."""
+    grid = [finetune_record(prof, task, 0, lr, splits, pad_id, store, device, data_dir, progress) for lr in prof.finetune_lrs]
+    return chosen_lr(grid) if grid else prof.finetune_lr
+
 def profile_key(prof: Profile, data_dir) -> dict:
     """What every unit of a Table 2 run shares: the hash of the profile fields Table 2 depends on (so editing, say,
     Figure 2's budgets keeps Table 2's records valid; the pool policy's fields only where it is used) and where the
@@ -255,16 +276,9 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
         score_all(build, "multitask", representation=name)
     records = run_target_jobs(jobs, store, prof, progress)
     if "finetune" in methods:
-        def finetune(t: str, s: int, lr: float) -> dict:
-            cfg = finetune_unit(prof, t, s, lr, data_dir)
-            def work():
-                ft = PrefixEncoder(load_backbone(prof.backbone)[0].to(dev), prof.prefix_length, freeze=False)
-                return {**finetune_target(ft, t, targets[t], prof, s, pad, store.cache_path("ckpt", config_hash(cfg), ".pt"),
-                                          progress=progress, lr=lr), **eval_rows_keys(store, t, targets[t])}
-            return store.ledger.run(cfg, work)
-        for t in prof.target_tasks:  # with an lr grid: seed 0 at every lr first (dev picks), then this seed at the pick
-            grid = [finetune(t, 0, lr) for lr in prof.finetune_lrs]
-            records.append(finetune(t, seed, chosen_lr(grid) if grid else prof.finetune_lr))
+        for t in prof.target_tasks:
+            lr = finetune_lr(prof, t, targets[t], pad, store, dev, data_dir, progress)
+            records.append(finetune_record(prof, t, seed, lr, targets[t], pad, store, dev, data_dir, progress))
     out = pd.DataFrame(records)
     out.attrs.update(checks)
     return out
