@@ -127,7 +127,9 @@ def prepare_input(src: Path, dst: Path, skip_flags: set[str], experiment: bool) 
 # page finds every unit in the ledger: Table 2 on the pool evaluation sets has no fine-tuning row yet (it is rerun with
 # dev-selected budgets) and skips the 512-token diagnosis heads (the README's "Reproduce" command says the same).
 REPORT_PARAMETERS = {"05_transfer": {"methods": "frozen prefix multitask", "long_inputs": False},
-                     "12_curves": {"methods": ""}}  # the curves page reports what the ledger holds; it trains nothing
+                     "12_curves": {"methods": ""},  # the curves page reports what the ledger holds; it trains nothing
+                     "14_transferability": {"methods": ""},  # so do the transferability and mechanism pages
+                     "15_mechanism": {"parts": ""}}
 
 
 def execute(job: dict, env: dict, timeout: int) -> dict:
