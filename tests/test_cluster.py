@@ -112,6 +112,53 @@ def _digest(res: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (res / "ledger").glob("*.json")}
 
 
+# Table 2's smoke units on a local Ray of 2 CPUs, in a process of its own (so that the test can kill it midway)
+KILLED_SCRIPT = textwrap.dedent('''
+    import sys
+    import ray
+    from prefixrep.cluster import run_units, table2_units, unit_params
+    res, cache, data_dir, ray_tmp = sys.argv[1:5]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}})
+    params = unit_params("smoke", data_dir, res, cache)
+    run_units(table2_units(params["profile"], [0]), params)
+''')
+
+
+def test_a_ray_run_killed_midway_resumes_locally(tmp_path, data_dir):
+    """Kill a Ray run of Table 2 (driver, Ray's processes, its running units) once some units are recorded; a local run
+    then keeps every record Ray wrote and adds only the missing units."""
+    pytest.importorskip("ray")
+    import signal, tempfile, time
+    from prefixrep.core import get_profile
+    from prefixrep.transfer import METHODS, run_transfer
+    res, cache = tmp_path / "res", tmp_path / "cache"
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX's limit
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_SCRIPT)
+    p = subprocess.Popen([sys.executable, str(script), str(res), str(cache), str(data_dir), ray_tmp], env=_env(),
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while len(list((res / "ledger").glob("*.json"))) < 4:
+            assert p.poll() is None, "the Ray run ended before it could be killed"
+            assert time.time() < deadline, "no 4 units recorded in 10 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL); p.wait()
+        subprocess.run(["pkill", "-9", "-f", ray_tmp])  # Ray's own processes: their command lines name its temp dir
+    time.sleep(1)
+    assert subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True).stdout == b"", "a Ray process survived the kill"
+    before = _digest(res)
+    n_units = 3 + 1 + 4 * 8  # smoke: 3 source prefixes, 1 multi-task model, 4 methods x 8 targets
+    assert 4 <= len(before) < n_units, "killed midway"
+    run_transfer(0, "smoke", data_dir, res, cache, progress=False)
+    after = _digest(res)
+    assert all(after[k] == v for k, v in before.items()), "the local run must keep every record the Ray run wrote"
+    got = _ledger(res)
+    assert len(after) == n_units and sum(r["method"] in METHODS for r in got.values()) == 4 * len(get_profile("smoke").target_tasks)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
