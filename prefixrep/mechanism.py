@@ -17,7 +17,8 @@ import torch
 
 from .core import Profile, Store, data_hash
 from .data import Encoded, bucket_batches, collate
-from .evidence import cell_intervals, compare, with_predictions
+from .evidence import EXPERIMENTS, cell_intervals, compare, update_claims, with_predictions
+from .stats import BootResult, claims_row
 from .prefix import PrefixEncoder, find_self_attentions, load_backbone
 from .removal import removed_label, target_jobs
 from .target import representation_id, run_target_jobs
@@ -25,9 +26,10 @@ from .training import device_of, train_source_prefix
 from .transfer import check_params, latest_per_seed, prepare_data, profile_key, update_profile
 
 # %% auto #0
-__all__ = ['TABLE3_MAX_REMOVED', 'AVERAGE', 'PARTS', 'active_subsets', 'subset_method', 'add_average_prefix', 'attention_mass',
-           'attention_unit', 'run_mechanism', 'mechanism_records', 'best_single', 'labelled', 'row_table',
-           'differences', 'attention_records', 'attention_table', 'plot_mechanism', 'report_text', 'write_mechanism']
+__all__ = ['TABLE3_MAX_REMOVED', 'AVERAGE', 'PARTS', 'CLAIMS', 'active_subsets', 'subset_method', 'add_average_prefix',
+           'attention_mass', 'attention_unit', 'run_mechanism', 'mechanism_records', 'best_single', 'labelled',
+           'row_table', 'differences', 'claims_rows', 'attention_records', 'attention_table', 'plot_mechanism',
+           'report_text', 'write_mechanism']
 
 # %% ../nbs/15_mechanism.ipynb #d6f74201
 TABLE3_MAX_REMOVED = 2  # subsets removing at most this many sources are Table 3's own units (method `removal`)
@@ -224,16 +226,33 @@ def row_table(lab: pd.DataFrame, results_dir, targets: Sequence[str], n_boot: in
     return out.sort_values("row", key=lambda c: c.map(key)).reset_index(drop=True)
 
 def differences(lab: pd.DataFrame, results_dir, targets: Sequence[str], n_boot: int = 2000) -> pd.DataFrame:
-    "Each alternative (average prefix, best single, frozen) minus concatenation: 8-target average with its paired interval."
+    """Each alternative (average prefix, best single, frozen) minus concatenation, and all prefixes minus one (`k=n − k=1`):
+    the 8-target average with its paired interval (the `BootResult` fields, for claims.csv)."""
     rows = []
     if lab.empty or "rows_test" not in lab: return pd.DataFrame(rows)
     lab = _complete(with_predictions(lab), targets).assign(method=lambda d: d.row)
-    for a in ("average prefix", "best single (dev)", "frozen"):
-        if a not in set(lab.row) or "concatenation" not in set(lab.row): continue
-        avg, _ = compare(lab, a, "concatenation", results_dir, targets, n_boot)
-        if avg is not None: rows.append(dict(comparison=f"{a} − concatenation", estimate=avg.estimate, ci_low=avg.ci_low,
-                                             ci_high=avg.ci_high, n_test=avg.n_rows))
+    n = int(lab.k[lab.row.str.startswith("k=")].max()) if lab.row.str.startswith("k=").any() else None
+    pairs = [(a, "concatenation") for a in ("average prefix", "best single (dev)", "frozen")] + ([(f"k={n}", "k=1")] if n else [])
+    for a, b in pairs:
+        if a not in set(lab.row) or b not in set(lab.row): continue
+        avg, _ = compare(lab, a, b, results_dir, targets, n_boot)
+        if avg is not None: rows.append(dict(comparison=f"{a} − {b}", **avg.to_dict()))
     return pd.DataFrame(rows)
+
+CLAIMS = {"average prefix − concatenation": ("The average of the source prefixes (one prefix) is worse than their concatenation", -1.0),
+          "best single (dev) − concatenation": ("The single source prefix chosen on dev is worse than the concatenation of all", -1.0),
+          "frozen − concatenation": ("The frozen encoder (no prefix) is worse than the concatenation of all prefixes", -1.0)}
+
+def claims_rows(diffs: pd.DataFrame) -> list[dict]:
+    """claims.csv rows (experiment `mechanism`) from `differences`: the paper's premise that concatenating prefixes beats the
+    cheaper ways (direction only: the paper reports no such comparison), and that all prefixes beat one (`k=n − k=1`)."""
+    rows = []
+    for d in diffs.to_dict("records") if len(diffs) else []:
+        r = BootResult(**{k: d[k] for k in BootResult.__dataclass_fields__ if k != "reps"})
+        claim, direction = CLAIMS.get(d["comparison"], ("Concatenating all source prefixes beats one prefix (mean over the "
+                                                            "single prefixes)", 1.0) if d["comparison"].endswith("− k=1") else (None, 0))
+        if claim: rows.append(claims_row("mechanism", f"{claim} (8-target average)", r, np.nan, direction=direction))
+    return rows
 
 # %% ../nbs/15_mechanism.ipynb #b4cfcf15
 def attention_records(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
@@ -313,7 +332,7 @@ def report_text(rows: pd.DataFrame, diffs: pd.DataFrame, att: pd.DataFrame, prof
                    + ", ".join(f"L{i} {a:.0f}% vs {o:.0f}%" for i, a, o in zip(att.index, att["all prefixes"], att["one prefix (mean)"]))
                    + ").")
     if len(diffs):
-        out.append("**Alternatives to concatenation** (8-target average, minus concatenation, paired): "
+        out.append("**Differences** (8-target average, paired): "
                    + "; ".join(f"{d.comparison}: {d.estimate:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]" for d in diffs.itertuples()) + ".")
     elif len(r) and "concatenation" in r.index:
         alt = [x for x in ("average prefix", "best single (dev)", "frozen") if x in r.index]
@@ -334,7 +353,7 @@ def report_text(rows: pd.DataFrame, diffs: pd.DataFrame, att: pd.DataFrame, prof
         means.append(f"One prefix against all {n}: {_ci(a)} vs {_ci(b)}, "
                      + ("intervals apart: the number of active prefixes matters on these rows." if apart else
                         "overlapping intervals: these target rows cannot tell one prefix from all of them."))
-    for d in diffs.itertuples() if len(diffs) else []:
+    for d in (diffs[~diffs.comparison.str.endswith("k=1")].itertuples() if len(diffs) else []):
         means.append(f"{d.comparison.split(' − ')[0].capitalize()} is "
                      + ("better than" if d.ci_low > 0 else "worse than" if d.ci_high < 0 else "not distinguishable from")
                      + " concatenation by its interval.")
@@ -352,7 +371,9 @@ def write_mechanism(rows: pd.DataFrame, diffs: pd.DataFrame, att: pd.DataFrame, 
     plot_mechanism(rows, att, d / "mechanism.png")
     md = ["# What concatenation does", "", text, "",
           "## Target average (%) by row", "", rows.to_markdown(index=False, floatfmt=".2f") if len(rows) else "–", "",
-          "## Alternatives minus concatenation (points)", "", diffs.to_markdown(index=False, floatfmt=".2f") if len(diffs) else "–", "",
+          "## Differences (points, paired)", "",
+          diffs[["comparison", "estimate", "ci_low", "ci_high", "se", "n_rows", "n_seeds_a", "n_seeds_b"]].to_markdown(index=False, floatfmt=".2f")
+          if len(diffs) else "–", "",
           "## Attention on prefix slots per layer (% of real-token queries' attention)", "",
           att.to_markdown(floatfmt=".1f") if len(att) else "–", "", "![mechanism](mechanism.png)", ""]
     (d / "mechanism.md").write_text("\n".join(md))

@@ -11,8 +11,8 @@ import torch
 
 from prefixrep.core import Store, get_profile
 from prefixrep.data import Encoded
-from prefixrep.mechanism import (active_subsets, add_average_prefix, attention_mass, best_single, labelled, row_table,
-                                 subset_method)
+from prefixrep.mechanism import (active_subsets, add_average_prefix, attention_mass, best_single, claims_rows, labelled,
+                                 row_table, subset_method)
 from prefixrep.prefix import PrefixEncoder, find_self_attentions, load_backbone
 from prefixrep.removal import removal_sets, removed_label, run_removal
 
@@ -101,6 +101,15 @@ def test_single_best_is_chosen_on_dev_only():
     tab = row_table(labelled(recs, ("a", "b", "c")), None, ("rte", "mr")).set_index("row")
     assert tab.loc["k=1", "n_runs"] == 3 * 2 and tab.loc["best single (dev)", "n_runs"] == 2
     assert tab.loc["concatenation", "acc"] == pytest.approx(recs[recs.k == 3].score.mean())
+
+
+def test_claims_follow_the_intervals():
+    f = dict(se=0.5, n_rows=600, n_clusters=600, n_seeds_a=3, n_seeds_b=3, n_boot=100, level=0.95)
+    diffs = pd.DataFrame([dict(comparison="best single (dev) − concatenation", estimate=1.5, ci_low=0.5, ci_high=2.5, **f),
+                          dict(comparison="frozen − concatenation", estimate=-4.0, ci_low=-5.0, ci_high=-3.0, **f),
+                          dict(comparison="k=6 − k=1", estimate=0.2, ci_low=-0.8, ci_high=1.2, **f)])
+    c = pd.DataFrame(claims_rows(diffs))
+    assert list(c.verdict) == ["contradicted", "reproduced", "inconclusive"] and (c.experiment == "mechanism").all()
 
 
 def test_papermill_smoke_writes_the_report_and_shares_table3s_units(tmp_path, data_dir):

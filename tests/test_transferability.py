@@ -11,7 +11,7 @@ import torch
 
 from prefixrep.core import Store, get_profile
 from prefixrep.transfer import profile_key, update_profile
-from prefixrep.transferability import (EMBEDDING_STEPS, embedding_similarities, evaluate_methods, linear_cka, loto_scores,
+from prefixrep.transferability import (EMBEDDING_STEPS, claims_rows, embedding_similarities, evaluate_methods, linear_cka, loto_scores,
                                        method_scores, prefix_embedding, random_metrics, ranking_metrics, ratio_interval,
                                        removal_truth, run_transferability, summarise_methods)
 
@@ -114,6 +114,9 @@ def test_methods_are_judged_per_pair_with_intervals():
     assert "spearman" not in s.columns or np.isnan(s.loc["cka_shift", "spearman"]), "a constant score has no Spearman"
     assert s.loc["random", "regret1_lo"] > 0
     assert s.loc["cka_label", "compute1"] == pytest.approx((0.5 + 1 + 1) / 7)
+    claims = pd.DataFrame(claims_rows(cells, n_boot=300))
+    assert len(claims) == 2 * 2 + 1, "cka_label and loto: Spearman and Regret@1; cka_shift: Regret@1 only (no Spearman)"
+    assert (claims[claims.claim.str.startswith("CKA label")].verdict == "reproduced").all()
 
 
 def test_ratio_interval_uses_aligned_replicates():
