@@ -24,9 +24,9 @@ def _digest(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    model, tok = load_backbone("tiny-bert")
+@pytest.fixture(scope="module", params=["tiny-bert", "tiny-roberta"])
+def tiny(request):
+    model, tok = load_backbone(request.param)
     enc = PrefixEncoder(model, 5)
     g = torch.Generator().manual_seed(0)
     for n in ("a", "b", "c"): enc.add_prefix(n, generator=g, init_std=1.0)
