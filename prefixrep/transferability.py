@@ -28,7 +28,7 @@ from .training import train_source_prefix
 from .transfer import check_params, prepare_data, profile_key, update_profile
 
 # %% auto #0
-__all__ = ['EMBEDDING_STEPS', 'EMBEDDINGS', 'SCORE_METHODS', 'TRUTH_COLUMNS', 'METHOD_NAMES', 'KS', 'METRICS',
+__all__ = ['EMBEDDING_STEPS', 'EMBEDDINGS', 'SCORE_METHODS', 'TRUTH_COLUMNS', 'METHOD_NAMES', 'KS', 'FULL_COST', 'METRICS',
            'embedding_profile', 'prefix_embedding', 'embedding_similarities', 'linear_cka', 'view_labels',
            'representation_scores', 'embedding_unit', 'cka_unit', 'run_transferability', 'removal_truth', 'loto_scores',
            'method_scores', 'ranking_metrics', 'random_metrics', 'evaluate_methods', 'mean_interval', 'ratio_interval',
@@ -201,8 +201,9 @@ def method_scores(records: pd.DataFrame, truth: pd.DataFrame, profile_hash: str 
     out = pd.DataFrame(rows, columns=["method", "task", "seed", "source", "score", "seconds"])
     return out.drop_duplicates(["method", "task", "seed", "source"], keep="last").reset_index(drop=True)
 
-# %% ../nbs/14_transferability.ipynb #81c7ef67
+# %% ../nbs/14_transferability.ipynb #4a42beaf
 KS = (1, 3)
+FULL_COST = ("brute_dev",)  # rankings that need every subset scored first: their compute is the brute force's
 METRICS = ["spearman", *[f"regret{k}" for k in KS], *[f"gain{k}" for k in KS], "oracle", *[f"compute{k}" for k in KS], "brute_seconds"]
 
 def ranking_metrics(score: np.ndarray, d_test: np.ndarray, d_dev: np.ndarray, own_seconds: float, seconds: np.ndarray,
@@ -241,6 +242,7 @@ def evaluate_methods(scores: pd.DataFrame, truth: pd.DataFrame, ks: Sequence[int
             if sc.score.isna().any(): continue  # a method that did not score every source of this pair
             rows.append(dict(method=m, task=t, seed=s, **ranking_metrics(sc.score.values, *args, float(sc.seconds.iloc[0]),
                                                                           g.seconds.values, g.seconds_all.iloc[0], ks)))
+            if m in FULL_COST: rows[-1].update({f"compute{k}": rows[-1]["brute_seconds"] for k in ks})
     return pd.DataFrame(rows)
 
 # %% ../nbs/14_transferability.ipynb #4a366b6b

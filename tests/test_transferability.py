@@ -114,6 +114,7 @@ def test_methods_are_judged_per_pair_with_intervals():
     assert "spearman" not in s.columns or np.isnan(s.loc["cka_shift", "spearman"]), "a constant score has no Spearman"
     assert s.loc["random", "regret1_lo"] > 0
     assert s.loc["cka_label", "compute1"] == pytest.approx((0.5 + 1 + 1) / 7)
+    assert s.loc["brute_dev", "compute1"] == s.loc["brute_dev", "compute3"] == 1, "ranking on dev needs every subset first"
     claims = pd.DataFrame(claims_rows(cells, n_boot=300))
     assert len(claims) == 2 * 2 + 1, "cka_label and loto: Spearman and Regret@1; cka_shift: Regret@1 only (no Spearman)"
     assert (claims[claims.claim.str.startswith("CKA label")].verdict == "reproduced").all()
