@@ -130,7 +130,7 @@ def compare(records: pd.DataFrame, a: str, b: str, results_dir: str | Path, task
     return avg, pd.DataFrame(rows)
 
 # %% ../nbs/11_evidence.ipynb #e104273a
-EXPERIMENTS = ("table2", "table3", "figure2")
+EXPERIMENTS = ("table2", "table3", "figure2", "transferability", "mechanism")
 
 def claim_sentence(row: Mapping) -> str:
     "A claims.csv row as a sentence: estimate, interval, the paper's effect, the detectable effect and the verdict."

@@ -111,7 +111,7 @@ def test_install_brings_a_kernel_and_widgets_and_build_is_ignored():
         assert subprocess.run(["git", "check-ignore", "-q", p], cwd=ROOT).returncode == 0, f"{p} is not git-ignored"
 
 
-@pytest.mark.parametrize("nb", ["05_transfer", "06_removal", "07_sequential"])
+@pytest.mark.parametrize("nb", ["05_transfer", "06_removal", "07_sequential", "12_curves", "14_transferability", "15_mechanism"])
 def test_papermill_parameters_have_types_and_help(nb):
     "Item 6: `papermill --help-notebook` shows a type and a help line for every parameter."
     out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(ROOT / "nbs" / f"{nb}.ipynb")],
@@ -119,7 +119,7 @@ def test_papermill_parameters_have_types_and_help(nb):
     params = re.findall(r"^  (\w+): (.+?) \(default", out, flags=re.M)
     assert len(params) >= 9 and "Unknown type" not in out, out
     names = [p for p, _ in params]
-    assert {"seed", "profile", "results_dir", "cache_dir"} <= set(names)
+    assert {"seeds" if nb in ("14_transferability", "15_mechanism") else "seed", "profile", "results_dir", "cache_dir"} <= set(names)
     if nb == "06_removal": assert {"max_removed", "keep_features"} <= set(names)
     from papermill.translators import PythonTranslator
     cell = next(c for c in json.loads((ROOT / "nbs" / f"{nb}.ipynb").read_text())["cells"]
