@@ -165,13 +165,16 @@ def curve_scores(curve: Sequence[Sequence]) -> list[tuple[int, float]]:
     return [(int(s), float(np.mean(list(d.values()))) if isinstance(d, dict) else float(d)) for s, d in curve]
 
 def plateau_step(curve: Sequence[Sequence], min_gain: float = PLATEAU_GAIN) -> tuple[int, bool]:
-    """The budget rule: (the first evaluated step s >= 2 x the first evaluation at which the best dev accuracy up to s
-    exceeds the best up to s/2 by less than `min_gain` points, True); (the last step, False) if there is none."""
+    """The budget rule: (the first evaluated step s >= 2 x the first evaluation from which on the best dev accuracy up
+    to every evaluated step t >= s exceeds the best up to t/2 by less than `min_gain` points, True); (the last step,
+    False) if there is none: a curve that gains `min_gain` over its last doubling has not plateaued."""
     pts = curve_scores(curve)
     if not pts: raise ValueError("an empty learning curve has no plateau")
     best = lambda upto: max(100 * d for s, d in pts if s <= upto)
-    for s, _ in pts:
-        if s >= 2 * pts[0][0] and best(s) - best(s / 2) < min_gain: return s, True
+    steps = [s for s, _ in pts if s >= 2 * pts[0][0]]
+    flat = [best(s) - best(s / 2) < min_gain for s in steps]
+    for i, s in enumerate(steps):
+        if all(flat[i:]): return s, True
     return pts[-1][0], False
 
 # %% ../nbs/00_core.ipynb #8f3ea91c

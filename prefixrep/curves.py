@@ -136,8 +136,8 @@ def report_text(plat: pd.DataFrame, table: pd.DataFrame, budgets: dict, prof: Pr
               f"when every curve is in.") if missing else "Every source prefix and the multi-task model have a recorded curve."
     lines = [status, "",
              f"Budget rule (`nbs/00_core.ipynb`, fixed before the final runs): a curve plateaus at the first evaluated step *s* "
-             f"(at least twice the first) where the best dev accuracy up to *s* exceeds the best up to *s*/2 by less than "
-             f"{PLATEAU_GAIN} points. Prefix budget = the largest prefix plateau step; multi-task budget = the plateau step "
+             f"(at least twice the first) from which on, at every evaluated step *t*, the best dev accuracy up to *t* exceeds "
+             f"the best up to *t*/2 by less than {PLATEAU_GAIN} points (the plateau has to last to the cap). Prefix budget = the largest prefix plateau step; multi-task budget = the plateau step "
              f"of the multi-task model's mean source dev accuracy.", "",
              f"**Budgets chosen**: prefix {budgets['prefix']} steps ({'every prefix curve plateaued' if budgets['prefix_converged'] else 'not every prefix curve plateaued before the cap: ' + ', '.join(unconverged)}); "
              f"multi-task {budgets['multitask'] or '—'} steps (its mean curve {conv(budgets['multitask_converged'])}). Caps: prefix "

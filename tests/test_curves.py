@@ -17,8 +17,10 @@ def _digest(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
 
 
-def test_the_rule_needs_half_a_point_over_a_doubling():
-    assert plateau_step([[250, .5], [500, .504], [1000, .52]]) == (500, True)
+def test_the_rule_needs_less_than_half_a_point_over_every_later_doubling():
+    assert plateau_step([[250, .5], [500, .504], [1000, .507]]) == (500, True)
+    assert plateau_step([[250, .5], [500, .506], [1000, .508]]) == (1000, True)
+    assert plateau_step([[250, .5], [500, .504], [1000, .52]]) == (1000, False)  # an early flat stretch, then a rise
     assert plateau_step([[250, .5], [500, .506], [1000, .52]]) == (1000, False)
     with pytest.raises(ValueError):
         plateau_step([])
