@@ -147,6 +147,9 @@ PROFILES: dict[str, Profile] = {
 SMALL_BEFORE_CURVES = dict(target_max_length=None, prefix_steps=800, multitask_steps=2400, finetune_steps=200,
                            finetune_lr=3e-5, finetune_epochs=10, finetune_eval_every=None, finetune_lrs=())
 "`get_profile('small', **SMALL_BEFORE_CURVES)`: the `small` of the reports written before the learning curves."
+PROFILES["small-v1"] = replace(PROFILES["small"], name="small-v1", **SMALL_BEFORE_CURVES,
+                               notes="`small` as it was before the learning curves (budgets sized by speed: 800 prefix, 2,400 "
+                                     "multi-task, 200 fine-tuning steps at 128 tokens): regenerates the reports committed then")
 
 def get_profile(profile: str | Profile, **overrides) -> Profile:
     "Look up a profile by name (or pass one through), optionally overriding fields."

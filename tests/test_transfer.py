@@ -98,6 +98,7 @@ def test_committed_table2_records_still_match_the_small_profile():
     from prefixrep.core import SMALL_BEFORE_CURVES
     from prefixrep.transfer import update_profile
     before = get_profile("small", **SMALL_BEFORE_CURVES)  # the committed reports' small (budgets before the curves)
+    assert profile_key(get_profile("small-v1"), "mirror")["profile_hash"] == profile_key(before, "mirror")["profile_hash"]
     assert profile_key(before, "mirror")["profile_hash"] in hashes                   # Table 2
     assert profile_key(update_profile(before), "mirror")["profile_hash"] in hashes   # Table 3, Figure 2
 
