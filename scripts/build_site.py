@@ -124,9 +124,11 @@ def prepare_input(src: Path, dst: Path, skip_flags: set[str], experiment: bool) 
 
 
 # The parameters the committed reports were made with, where they differ from a notebook's defaults, so that the
-# page finds every unit in the ledger: Table 2 on the pool evaluation sets has no fine-tuning row yet (it is rerun with
-# dev-selected budgets) and skips the 512-token diagnosis heads (the README's "Reproduce" command says the same).
-REPORT_PARAMETERS = {"05_transfer": {"methods": "frozen prefix multitask", "long_inputs": False},
+# page finds every unit in the ledger: the committed reports' profile is `small-v1` (`small` moves to the learning
+# curves' budgets), Table 2 on the pool evaluation sets has no fine-tuning row yet (it is rerun with dev-selected
+# budgets) and skips the 512-token diagnosis heads (the README's "Reproduce" command says the same).
+REPORT_PARAMETERS = {"05_transfer": {"profile": "small-v1", "methods": "frozen prefix multitask", "long_inputs": False},
+                     "06_removal": {"profile": "small-v1"}, "07_sequential": {"profile": "small-v1"},
                      "12_curves": {"methods": ""},  # the curves page reports what the ledger holds; it trains nothing
                      "14_transferability": {"methods": ""},  # so do the transferability and mechanism pages
                      "15_mechanism": {"parts": ""}}
