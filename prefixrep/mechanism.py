@@ -20,7 +20,7 @@ from .data import Encoded, bucket_batches, collate
 from .evidence import EXPERIMENTS, cell_intervals, compare, update_claims, with_predictions
 from .stats import BootResult, claims_row
 from .prefix import PrefixEncoder, find_self_attentions, load_backbone
-from .removal import removed_label, target_jobs
+from .removal import removed_label, source_prefix_encoder, target_jobs
 from .target import representation_id, run_target_jobs
 from .training import device_of, train_source_prefix
 from .transfer import check_params, latest_per_seed, prepare_data, profile_key, update_profile
@@ -135,9 +135,7 @@ def run_mechanism(seed: int = 0, profile: str | Profile = "small", data_dir=None
     model, tok = load_backbone(prof.backbone)
     pad = tok.pad_token_id
     targets, srcs, _ = prepare_data(prof, data_dir, tok, up)
-    enc = PrefixEncoder(model.to(p["device"]), prof.prefix_length)
-    for s in sources:  # Table 2's units
-        train_source_prefix(enc, s, srcs[s], prof, seed, store, pad, steps=prof.source_steps(s), progress=progress)
+    enc = source_prefix_encoder(model, prof, srcs, seed, store, pad, p["device"], progress)
     feats_dir, records = store.cache_dir / "features", []
     def score(groups: list[tuple[list[str], str, dict]]):  # (active prefixes, method, extra) -> records, features tidied
         before = set(feats_dir.glob("*.pt"))

@@ -27,8 +27,9 @@ from .transfer import (PAPER_TABLE2, check_params, describe_deviations, mean_std
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'UNPAIRED', 'removal_sets', 'removed_label', 'check_removal_params',
-           'target_jobs', 'run_removal', 'removal_records', 'complete_seeds', 'select_subsets', 'aggregate', 'table3',
-           'removal_effects', 'wide3', 'claims3_rows', 'claims3', 'report_text3', 'effects_table', 'write_table3']
+           'source_prefix_encoder', 'target_jobs', 'run_removal', 'removal_records', 'complete_seeds', 'select_subsets',
+           'aggregate', 'table3', 'removal_effects', 'wide3', 'claims3_rows', 'claims3', 'report_text3',
+           'effects_table', 'write_table3']
 
 # %% ../nbs/06_removal.ipynb #185fbdba
 PAPER_TABLE3 = {  # Huang et al. 2023, Table 3 (RoBERTa-large; "best results from all combinations of removal")
@@ -62,6 +63,14 @@ def check_removal_params(max_removed, keep_features) -> None:
         raise TypeError(f"max_removed must be a non-negative integer, got {max_removed!r}")
     if not isinstance(keep_features, bool): raise TypeError(f"keep_features must be True or False, got {keep_features!r}")
 
+def source_prefix_encoder(model, prof: Profile, sources: dict, seed: int, store: Store, pad_id: int, device,
+                          progress: bool = True) -> PrefixEncoder:
+    "A `PrefixEncoder` of `model` holding Table 2's source prefixes of `seed` (the ledger's units; trained if missing)."
+    enc = PrefixEncoder(model.to(device), prof.prefix_length)
+    for s in prof.source_tasks:
+        train_source_prefix(enc, s, sources[s], prof, seed, store, pad_id, steps=prof.source_steps(s), progress=progress)
+    return enc
+
 def target_jobs(encoder, method: str, targets: dict, prof: Profile, seed: int, store: Store, pad_id: int,
                 data_key: dict, extra: dict | None = None, representation: str | None = None) -> list[TargetJob]:
     "One `target_job` per target task for `encoder`'s current representations (features computed now where missing)."
@@ -83,9 +92,7 @@ def run_removal(seed: int = 0, profile: str | Profile = "small", data_dir=None, 
     targets, srcs, checks = prepare_data(prof, data_dir, tok, update_profile(prof))
     feats_dir = store.cache_dir / "features"
     before = set(feats_dir.glob("*.pt"))
-    enc = PrefixEncoder(model.to(dev), prof.prefix_length)
-    for s in sources:  # Table 2's units
-        train_source_prefix(enc, s, srcs[s], prof, seed, store, pad, steps=prof.source_steps(s), progress=progress)
+    enc = source_prefix_encoder(model, prof, srcs, seed, store, pad, dev, progress)
     jobs = []  # first every subset's fixed representations, then all heads of a target as one batched run
     for removed in tqdm(sets, desc=f"removal subsets s{seed}", disable=not progress):
         enc.set_active([s for s in sources if s not in removed])

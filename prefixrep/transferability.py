@@ -20,7 +20,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 from .core import SCRATCH_PROFILES, Profile, Store, data_hash
 from .data import Encoded, get_task
 from .prefix import PrefixEncoder, load_backbone
-from .removal import removal_records, removed_label, run_removal
+from .removal import removal_records, removed_label, run_removal, source_prefix_encoder
 from .evidence import EXPERIMENTS, update_claims
 from .stats import claims_row, paired_bootstrap
 from .target import Features, extract_features, pooled_states, representation_id
@@ -129,9 +129,7 @@ def run_transferability(seed: int = 0, profile: str | Profile = "small", data_di
     model, tok = load_backbone(prof.backbone)
     pad = tok.pad_token_id
     targets, srcs, _ = prepare_data(prof, data_dir, tok, up)
-    enc = PrefixEncoder(model.to(p["device"]), prof.prefix_length)
-    for s in sources:  # Table 2's units
-        train_source_prefix(enc, s, srcs[s], prof, seed, store, pad, steps=prof.source_steps(s), progress=progress)
+    enc = source_prefix_encoder(model, prof, srcs, seed, store, pad, p["device"], progress)
     enc.set_active(sources)
     records = []
     key = profile_key(up, data_dir)  # Table 3's: the same target rows
