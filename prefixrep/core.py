@@ -55,6 +55,7 @@ class Profile:
     prefix_lr: float = 5e-3
     prefix_wd: float = 1e-5
     prefix_eval_every: int | None = None  # learning curve: source dev every this many steps, best-dev checkpoint kept
+    prefix_reparam: int = 0             # Li & Liang's MLP reparameterisation: its hidden width (0: the prefix is trained directly)
     # target heads on fixed representations (A.2)
     head_batch: int = 32
     head_epochs: int = 80

@@ -28,7 +28,8 @@ __all__ = ['UNIT_VERSION', 'MLPHead', 'head_outputs', 'group_logits', 'n_correct
            'process_share', 'process_loss', 'is_main_process', 'wait_for_everyone', 'record_unit', 'NonFiniteLoss',
            'train_steps', 'final_path', 'extend_from', 'device_of', 'encoder_states', 'head_loss', 'predict_head',
            'encode_predictions', 'decode_predictions', 'accuracy', 'evaluate_head', 'prefix_steps', 'prefix_unit',
-           'curve_key', 'train_source_prefix', 'multitask_unit', 'train_multitask', 'finetune_steps', 'finetune_target']
+           'curve_key', 'train_source_prefix', 'PrefixMLP', 'multitask_unit', 'train_multitask', 'finetune_steps',
+           'finetune_target']
 
 # %% ../nbs/03_training.ipynb #c0c945a9
 class MLPHead(nn.Module):
@@ -305,7 +306,7 @@ def prefix_unit(profile: Profile, task: str, seed: int, backbone_fp: str, steps:
             "steps": steps, "length": profile.prefix_length, "batch": profile.prefix_batch, "lr": profile.prefix_lr,
             "wd": profile.prefix_wd, "max_length": profile.max_length, "train_rows": profile.source_train_rows,
             "split_seed": profile.split_seed, "train_data": data_hash(train), "v": UNIT_VERSION,
-            **curve_key(profile.prefix_eval_every)}
+            **curve_key(profile.prefix_eval_every), **({"reparam": profile.prefix_reparam} if profile.prefix_reparam else {})}
 
 def curve_key(eval_every: int | None) -> dict:
     "What a unit's key says about its learning curve: nothing without one (so older keys stay valid), else its spacing."
@@ -327,7 +328,13 @@ def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], pr
         encoder.add_prefix(task, profile.prefix_length, generator=g)
         head = MLPHead(encoder.hidden_size, head_outputs(t)).to(device_of(encoder))
         stream = BatchStream(splits["train"], profile.prefix_batch, seed)
+        mlp = (PrefixMLP(encoder, profile.prefix_length, profile.prefix_reparam, g).to(device_of(encoder))
+               if profile.prefix_reparam else None)
+        trained = {"prefix": _PrefixModule(encoder, task)} if mlp is None else {"reparam": mlp}
+        params = encoder.prefix_parameters([task]) if mlp is None else list(mlp.parameters())
+        forward = encoder if mlp is None else _WithPrefix(encoder, task, mlp)
         def dev_accuracy() -> float:
+            if mlp is not None: mlp.write(encoder, task)
             return accuracy(predict_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch), splits["dev"])
         def snapshot(step: int, dev: float):  # every evaluated prefix, so shorter budgets need no retraining
             torch_save(store.cache_path("curves", f"{key}-{step}", ".pt"), {"prefix": encoder.prefixes[task].detach().clone(),
@@ -336,12 +343,12 @@ def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], pr
         if final is not None: extend_from(final, store.cache_path("ckpt", key, ".pt"), steps)
         with encoder.activate(task):
             encoder.eval(); head.train()
-            out = train_steps(lambda s: head_loss(encoder, head, t, stream.batch_at(s), pad_id),
-                              {"prefix": _PrefixModule(encoder, task), "head": head},
-                              encoder.prefix_parameters([task]) + list(head.parameters()), steps, profile.prefix_lr,
+            out = train_steps(lambda s: head_loss(forward, head, t, stream.batch_at(s), pad_id), {**trained, "head": head},
+                              params + list(head.parameters()), steps, profile.prefix_lr,
                               profile.prefix_wd, store.cache_path("ckpt", key, ".pt"), profile.checkpoint_every,
                               desc=f"prefix {task} s{seed}", progress=progress, evaluate=dev_accuracy,
                               eval_every=profile.prefix_eval_every or 0, on_eval=snapshot, final=final)
+            if mlp is not None: mlp.write(encoder, task)  # the best (or last) state's prefix: the MLP is dropped
             pred = predict_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch)
             dev = accuracy(pred, splits["dev"])
         save_prefix(encoder, task, path, meta={**cfg, "dev_accuracy": dev})
@@ -355,6 +362,35 @@ def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], pr
     if task in encoder.prefixes: encoder.remove_prefix(task)
     load_prefix(encoder, path, name=task)  # the saved copy (identical to the trained one) is what every run uses
     return rec
+
+class PrefixMLP(nn.Module):
+    """Li & Liang's reparameterisation of one prefix: prefix = MLP(E), E `[length, hidden]` ~ N(0, 1), the MLP
+    hidden → `width` → layers × 2 × hidden with tanh between (PyTorch's default `Linear` init), every draw from
+    `generator`. Calling it gives the prefix `[layers, 2, heads, length, head_dim]`, differentiably."""
+    def __init__(self, encoder, length: int, width: int, generator: torch.Generator | None = None):
+        super().__init__()
+        d, n = encoder.hidden_size, encoder.num_layers
+        self.shape = (length, n, 2, encoder.num_heads, encoder.head_dim)
+        self.embedding = nn.Parameter(torch.randn(length, d, generator=generator))
+        self.mlp = nn.Sequential(nn.Linear(d, width), nn.Tanh(), nn.Linear(width, n * 2 * d))
+        with torch.no_grad():
+            for lin in (self.mlp[0], self.mlp[2]):
+                bound = lin.in_features ** -0.5
+                for p in (lin.weight, lin.bias): p.uniform_(-bound, bound, generator=generator)
+
+    def forward(self) -> torch.Tensor:
+        return self.mlp(self.embedding).view(self.shape).permute(1, 2, 3, 0, 4)
+
+    def write(self, encoder, name: str) -> None:
+        "Make the encoder's prefix `name` the MLP's current output (what evaluation and saving see)."
+        with torch.no_grad(): encoder.prefixes[name].copy_(self())
+
+class _WithPrefix(nn.Module):
+    "`encoder` whose prefix `name` is `prefix_mlp()` (with its gradient) in each forward pass."
+    def __init__(self, encoder, name: str, prefix_mlp: PrefixMLP):
+        super().__init__(); self._enc, self.name, self.prefix_mlp = [encoder], name, prefix_mlp
+    def forward(self, **inputs) -> torch.Tensor:
+        return torch.func.functional_call(self._enc[0], {f"prefixes.{self.name}": self.prefix_mlp()}, (), inputs)
 
 class _PrefixModule(nn.Module):
     "A view of one prefix as a module, so the training loop can checkpoint it with `state_dict`."

@@ -242,7 +242,7 @@ def profile_key(prof: Profile, data_dir) -> dict:
     Figure 2's budgets keeps Table 2's records valid; the pool policy's fields only where it is used) and where the
     data came from."""
     d = prof.to_dict()
-    longer = {k: d[k] for k in ("target_max_length", "prefix_steps_by_task") if d[k]}  # only where set: older keys hold
+    longer = {k: d[k] for k in ("target_max_length", "prefix_steps_by_task", "prefix_reparam") if d[k]}  # only where set: older keys hold
     return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **dtype_key(prof.extract_dtype), **longer,
                                                               **eval_key(prof)}),
             "data": "mirror" if data_dir is not None else "hub"}
@@ -594,6 +594,7 @@ def budget_text(prof: Profile) -> str:
            if prof.finetune_lrs else f", lr {prof.finetune_lr:g}")
     pre = f"{prof.prefix_steps} steps" if prof.prefix_steps else f"{prof.prefix_epochs} epochs"
     if prof.prefix_steps_by_task: pre = "steps per source (" + ", ".join(f"{t} {prof.source_steps(t)}" for t in prof.source_tasks) + ")"
+    if prof.prefix_reparam: pre += f" through Li & Liang's MLP reparameterisation (width {prof.prefix_reparam}; not in the paper)"
     return (f"Budgets: prefix {pre} × batch "
             f"{prof.prefix_batch} (paper: 40 epochs), lr {prof.prefix_lr}{every(prof.prefix_eval_every)}; multi-task "
             f"{prof.multitask_steps} steps × batch {prof.multitask_batch} (paper: 400,000), lr {prof.multitask_lr}"
@@ -665,6 +666,7 @@ def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple
     units = ledger[ledger.seed.isin(seeds)]
     src = units[(units.method == "source_prefix") & units.task.isin(prof.source_tasks)]
     if prof.prefix_steps or prof.prefix_steps_by_task: src = src[src.steps == src.task.map(prof.source_steps)]
+    src = src[(src.reparam.fillna(0) if "reparam" in src else pd.Series(0, index=src.index)) == prof.prefix_reparam]
     mt = units[units.method == "multitask_model"]
     if not mt.empty:
         mt = mt[(mt.steps == prof.multitask_steps).to_numpy() & np.array([sorted(t) == sorted(prof.source_tasks) for t in mt.tasks])]

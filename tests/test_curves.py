@@ -53,8 +53,10 @@ def test_papermill_smoke_writes_curves_and_resumes(tmp_path, data_dir):
     assert committed == _digest(ROOT / "reports"), "CI must not write to reports/"
 
 
-def test_a_longer_curve_continues_a_shorter_one(tmp_path, data_dir):
-    "A curve unit with a higher cap starts from the shorter unit's last state and ends where a fresh long run ends."
+@pytest.mark.parametrize("reparam", [0, 16])
+def test_a_longer_curve_continues_a_shorter_one(tmp_path, data_dir, reparam):
+    """A curve unit with a higher cap starts from the shorter unit's last state and ends where a fresh long run ends
+    (with the MLP reparameterisation its MLP is part of that state)."""
     import torch
     from prefixrep.core import Store
     from prefixrep.data import encode, load_task
@@ -63,7 +65,7 @@ def test_a_longer_curve_continues_a_shorter_one(tmp_path, data_dir):
     model, tok = load_backbone("tiny-bert")
     enc = PrefixEncoder(model, 5)
     data = {k: encode(v, tok, 48) for k, v in load_task("mnli", data_dir, train_rows=48, eval_rows=24).items()}
-    short, long = (get_profile("smoke", prefix_steps=s, prefix_eval_every=2) for s in (4, 8))
+    short, long = (get_profile("smoke", prefix_steps=s, prefix_eval_every=2, prefix_reparam=reparam) for s in (4, 8))
     st, fresh = Store(tmp_path / "r", tmp_path / "c"), Store(tmp_path / "r2", tmp_path / "c2")
     train_source_prefix(enc, "mnli", data, short, 0, st, tok.pad_token_id, progress=False)
     continued = train_source_prefix(enc, "mnli", data, long, 0, st, tok.pad_token_id, progress=False)
@@ -71,3 +73,28 @@ def test_a_longer_curve_continues_a_shorter_one(tmp_path, data_dir):
     alone = train_source_prefix(enc, "mnli", data, long, 0, fresh, tok.pad_token_id, progress=False)
     assert continued["resumed_from"] == 4 and alone["resumed_from"] == 0
     assert torch.equal(a, enc.prefixes["mnli"]) and continued["curve"] == alone["curve"]
+    assert continued.get("reparam") == (reparam or None)  # in the unit's key only where set: older keys stay valid
+
+
+def test_reparameterised_prefix_learns_through_its_mlp():
+    "Li & Liang's MLP: the loss reaches E and the MLP, not the stored prefix; `write` makes the stored prefix its output."
+    import torch
+    from prefixrep.prefix import PrefixEncoder, load_backbone
+    from prefixrep.training import PrefixMLP, _WithPrefix
+    model, _ = load_backbone("tiny-bert")
+    enc = PrefixEncoder(model, 5)
+    enc.add_prefix("x")
+    mlp = PrefixMLP(enc, 5, 16, torch.Generator().manual_seed(0))
+    assert mlp().shape == enc.prefixes["x"].shape
+    ids = torch.tensor([[101, 2000, 2001, 102]])
+    with enc.activate("x"):
+        out = _WithPrefix(enc, "x", mlp)(input_ids=ids, attention_mask=torch.ones_like(ids))
+        out[..., 0].sum().backward()
+        assert mlp.embedding.grad.abs().sum() > 0 and mlp.mlp[2].weight.grad.abs().sum() > 0
+        assert enc.prefixes["x"].grad is None
+        before = enc(input_ids=ids, attention_mask=torch.ones_like(ids))
+        mlp.write(enc, "x")
+        after = enc(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert not torch.allclose(before, out) and torch.allclose(after, out, atol=1e-6)
+    same = PrefixMLP(enc, 5, 16, torch.Generator().manual_seed(0))
+    assert torch.equal(same(), PrefixMLP(enc, 5, 16, torch.Generator().manual_seed(0))())  # seeded
