@@ -16,11 +16,16 @@ from .core import EXTRACT_DTYPES, PROFILES, absolute_path, default_reports_dir
 from .transfer import project_root
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'BACKENDS', 'PATH_VARIABLES', 'find_notebooks', 'run_plan', 'run_experiment', 'add_run_options',
-           'parse_args', 'absolute_environment', 'dispatch_units', 'main']
+__all__ = ['EXPERIMENTS', 'PAPER_EXPERIMENTS', 'ALL_SEEDS', 'BACKENDS', 'PATH_VARIABLES', 'find_notebooks', 'run_plan',
+           'seed_parameters', 'run_experiment', 'add_run_options', 'parse_args', 'absolute_environment',
+           'dispatch_units', 'main']
 
 # %% ../nbs/08_cli.ipynb #9bcab05b
-EXPERIMENTS = {"transfer": "05_transfer.ipynb", "removal": "06_removal.ipynb", "sequential": "07_sequential.ipynb"}
+EXPERIMENTS = {"curves": "12_curves.ipynb", "transfer": "05_transfer.ipynb", "removal": "06_removal.ipynb",
+               "sequential": "07_sequential.ipynb", "transferability": "14_transferability.ipynb",
+               "mechanism": "15_mechanism.ipynb"}  # in the order they run (each needs the ones before)
+PAPER_EXPERIMENTS = ("transfer", "removal", "sequential")  # what `prefixrep run` runs by default: Table 2, Table 3, Figure 2
+ALL_SEEDS = ("transferability", "mechanism")  # notebooks that take every seed at once (`seeds`), not one (`seed`)
 
 def find_notebooks(nbs: str | Path | None = None) -> Path:
     "The folder holding the experiment notebooks: `nbs`, else `<checkout>/nbs`; a clear error if absent."
@@ -30,21 +35,30 @@ def find_notebooks(nbs: str | Path | None = None) -> Path:
                                 f"or pass --nbs <folder with 05_transfer.ipynb>")
     return d
 
-def run_plan(experiments: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int]]:
-    "(experiment, seed) pairs in the order they run: every seed of Table 2 first, then the update experiments."
+def run_plan(experiments: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int | tuple[int, ...]]]:
+    """(experiment, seed) pairs in the order they run: the curves, every seed of Table 2, then the update experiments;
+    the notebooks of `ALL_SEEDS` once, with every seed (a tuple)."""
     bad = [e for e in experiments if e not in EXPERIMENTS]
     if bad: raise ValueError(f"unknown experiment(s) {bad}; choose from {list(EXPERIMENTS)}")
-    return [(e, s) for e in EXPERIMENTS if e in experiments for s in seeds]
+    return [(e, s) for e in EXPERIMENTS if e in experiments
+            for s in ([tuple(seeds)] if e in ALL_SEEDS else seeds)]
+
+def seed_parameters(seed: int | tuple[int, ...]) -> dict:
+    "The papermill parameter naming the seed(s) of one plan entry: `seed`, or `seeds` (space-separated) for several."
+    return {"seed": seed} if isinstance(seed, int) else {"seeds": " ".join(map(str, seed))}
 
 def run_experiment(nb: Path, out: Path, params: dict, log=print) -> float:
     "Execute one notebook with papermill; returns its wall time in seconds."
     import papermill as pm
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    log(f"[prefixrep] {nb.name} seed={params['seed']} -> {out}")
+    known = pm.inspect_notebook(str(nb))  # pass only the parameters this notebook declares
+    params = {k: v for k, v in params.items() if k in known}
+    which = " ".join(f"{k}={params[k]}" for k in ("seed", "seeds") if k in params)
+    log(f"[prefixrep] {nb.name} {which} -> {out}")
     pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(nb.parent), progress_bar=True)
     dt = time.time() - t0
-    log(f"[prefixrep] {nb.name} seed={params['seed']} done in {dt / 60:.1f} min")
+    log(f"[prefixrep] {nb.name} {which} done in {dt / 60:.1f} min")
     return dt
 
 # %% ../nbs/08_cli.ipynb #992d5f62
@@ -66,7 +80,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the experiment notebooks through papermill")
     add_run_options(r)
-    r.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    r.add_argument("--experiments", nargs="+", default=list(PAPER_EXPERIMENTS), choices=list(EXPERIMENTS),
+                   help="default: the paper's (transfer removal sequential); also curves (12), transferability (14), "
+                        "mechanism (15)")
     r.add_argument("--reports-dir", default=None, help="tables and figures (default: reports/; smoke: runs/smoke/reports)")
     r.add_argument("--run-dir", default="runs", help="where the executed notebooks go")
     r.add_argument("--extract-dtype", default=None, choices=EXTRACT_DTYPES,
@@ -121,11 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         nb = nbs / EXPERIMENTS[exp]
         if not nb.exists():
             print(f"[prefixrep] ({i}/{len(plan)}) {nb.name} is missing; skipped", file=sys.stderr); continue
-        params = dict(seed=seed, profile=a.profile, data_dir=absolute(a.data_dir), results_dir=absolute(a.results_dir),
+        params = dict(**seed_parameters(seed), profile=a.profile, data_dir=absolute(a.data_dir), results_dir=absolute(a.results_dir),
                       cache_dir=absolute(a.cache_dir), reports_dir=absolute(a.reports_dir), backbone=a.backbone,
                       device=a.device, extract_dtype=a.extract_dtype)
         print(f"[prefixrep] ({i}/{len(plan)})", end=" ")
-        total += run_experiment(nb, run_dir / f"{exp}_seed{seed}.ipynb", params)
+        label = f"seed{seed}" if isinstance(seed, int) else "seeds" + "-".join(map(str, seed))
+        total += run_experiment(nb, run_dir / f"{exp}_{label}.ipynb", params)
     reports = a.reports_dir or default_reports_dir(project_root(nbs), a.profile, a.extract_dtype or "float32")
     print(f"[prefixrep] all done in {total / 60:.1f} min; reports in {reports}")
     return 0
