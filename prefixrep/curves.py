@@ -20,7 +20,7 @@ from .transfer import chance_accuracy, check_params, prepare_data
 
 # %% auto #0
 __all__ = ['CURVE_METHODS', 'curve_profile', 'run_curves', 'curve_frame', 'plateaus', 'curve_budgets', 'source_tasks',
-           'plot_learning_curves', 'report_text', 'write_curves']
+           'plot_learning_curves', 'report_text', 'write_curves', 'reparam_probes', 'probe_text']
 
 # %% ../nbs/12_curves.ipynb #5c2bf7df
 CURVE_METHODS = ("prefix", "multitask")
@@ -63,7 +63,9 @@ def _curve_records(ledger: pd.DataFrame, prof: Profile) -> pd.DataFrame:
     cp = curve_profile(prof)
     if ledger.empty or "eval_every" not in ledger: return ledger.iloc[:0]
     same = (ledger.backbone == cp.backbone) & (ledger.eval_every == cp.curve_eval_every) & (ledger.max_length == cp.max_length)
-    pre = (ledger.method == "source_prefix") & (ledger.steps == cp.prefix_steps) & (ledger.lr == cp.prefix_lr) & ledger.task.isin(cp.source_tasks)
+    reparam = ledger.reparam.fillna(0) if "reparam" in ledger else pd.Series(0, index=ledger.index)
+    pre = ((ledger.method == "source_prefix") & (ledger.steps == cp.prefix_steps) & (ledger.lr == cp.prefix_lr)
+           & ledger.task.isin(cp.source_tasks) & (reparam == cp.prefix_reparam))
     mt = (ledger.method == "multitask_model") & (ledger.steps == cp.multitask_steps) & (ledger.lr == cp.multitask_lr)
     return ledger[same & (pre | mt)]
 
@@ -163,3 +165,32 @@ def write_curves(frame: pd.DataFrame, table: pd.DataFrame, text: str, reports_di
                                                  table.to_markdown(index=False, floatfmt=".1f"), "",
                                                  "![learning curves](learning_curves.png)", ""]))
     return [d / "learning_curves.png", d / "source_tasks.csv", d / "source_tasks.md"]
+
+# %% ../nbs/12_curves.ipynb #c4d9e2f0
+def reparam_probes(ledger: pd.DataFrame, prof: Profile) -> pd.DataFrame:
+    """Every recorded curve of a source prefix trained through the MLP reparameterisation (any width, lr, cap) on
+    `prof`'s sources, step by step beside the directly trained curve unit of the same source and seed (points)."""
+    cols = ["task", "seed", "width", "lr", "step", "reparam_dev", "direct_dev"]
+    if ledger.empty or "reparam" not in ledger or "eval_every" not in ledger: return pd.DataFrame(columns=cols)
+    cp = curve_profile(prof)
+    rp = ledger[(ledger.method == "source_prefix") & (ledger.reparam.fillna(0) > 0) & ledger.eval_every.notna()
+                & (ledger.backbone == cp.backbone) & (ledger.max_length == cp.max_length) & ledger.task.isin(cp.source_tasks)]
+    direct = curve_frame(ledger, prof).query("method == 'prefix'").set_index(["task", "seed", "step"]).dev
+    rows = [dict(task=r.task, seed=int(r.seed), width=int(r.reparam), lr=r.lr, step=int(s), reparam_dev=100 * d,
+                 direct_dev=direct.get((r.task, int(r.seed), int(s)), np.nan)) for r in rp.itertuples() for s, d in r.curve]
+    return pd.DataFrame(rows, columns=cols).sort_values(["task", "seed", "width", "lr", "step"], ignore_index=True)
+
+def probe_text(probes: pd.DataFrame, prof: Profile) -> str:
+    "The probes as a report section: per probe, its best dev accuracy vs the direct prefix's best up to the same step."
+    if probes.empty: return ""
+    lines = ["## Item 4: the MLP reparameterisation of the prefix", "",
+             f"The prefix curves did not all plateau by the cap, so Li & Liang's MLP reparameterisation (`prefix_reparam`, "
+             f"nbs/03: prefix = MLP(E), E [length, hidden], hidden → width → layers × 2 × hidden) was tried on the same data, "
+             f"seed and batch; the direct prefix trains at lr {prof.prefix_lr}. Source dev accuracy (%):", ""]
+    for (task, seed, width, lr), g in probes.groupby(["task", "seed", "width", "lr"]):
+        last = int(g.step.max())
+        gain = g.reparam_dev.max() - g.direct_dev.max()
+        lines.append(f"- {task}, seed {seed}, width {width}, lr {lr:g}: best {g.reparam_dev.max():.1f} by step {last} vs "
+                     f"{g.direct_dev.max():.1f} for the direct prefix ({gain:+.1f} points); curve "
+                     + ", ".join(f"{r.step}: {r.reparam_dev:.1f} / {r.direct_dev:.1f}" for r in g.itertuples()) + " (reparam. / direct)")
+    return "\n".join(lines)
