@@ -15,7 +15,7 @@ import pandas as pd
 
 from .core import PLATEAU_GAIN, Profile, Store, curve_scores, plateau_step
 from .prefix import PrefixEncoder, load_backbone
-from .training import train_multitask, train_source_prefix
+from .training import decode_predictions, train_multitask, train_source_prefix
 from .transfer import chance_accuracy, check_params, prepare_data
 
 # %% auto #0
@@ -169,15 +169,19 @@ def write_curves(frame: pd.DataFrame, table: pd.DataFrame, text: str, reports_di
 # %% ../nbs/12_curves.ipynb #c4d9e2f0
 def reparam_probes(ledger: pd.DataFrame, prof: Profile) -> pd.DataFrame:
     """Every recorded curve of a source prefix trained through the MLP reparameterisation (any width, lr, cap) on
-    `prof`'s sources, step by step beside the directly trained curve unit of the same source and seed (points)."""
-    cols = ["task", "seed", "width", "lr", "step", "reparam_dev", "direct_dev"]
+    `prof`'s sources, step by step beside the directly trained curve unit of the same source and seed (points);
+    `constant`: its selected checkpoint predicts one class for every dev row."""
+    cols = ["task", "seed", "width", "lr", "step", "reparam_dev", "direct_dev", "constant"]
     if ledger.empty or "reparam" not in ledger or "eval_every" not in ledger: return pd.DataFrame(columns=cols)
     cp = curve_profile(prof)
     rp = ledger[(ledger.method == "source_prefix") & (ledger.reparam.fillna(0) > 0) & ledger.eval_every.notna()
                 & (ledger.backbone == cp.backbone) & (ledger.max_length == cp.max_length) & ledger.task.isin(cp.source_tasks)]
+    rp = rp.sort_values("steps").drop_duplicates(["task", "seed", "reparam", "lr"], keep="last")  # a continued curve replaces its start
     direct = curve_frame(ledger, prof).query("method == 'prefix'").set_index(["task", "seed", "step"]).dev
+    one_class = lambda r: isinstance(getattr(r, "pred_dev", None), (str, list)) and len(set(decode_predictions(r.pred_dev))) == 1
     rows = [dict(task=r.task, seed=int(r.seed), width=int(r.reparam), lr=r.lr, step=int(s), reparam_dev=100 * d,
-                 direct_dev=direct.get((r.task, int(r.seed), int(s)), np.nan)) for r in rp.itertuples() for s, d in r.curve]
+                 direct_dev=direct.get((r.task, int(r.seed), int(s)), np.nan), constant=one_class(r))
+            for r in rp.itertuples() for s, d in r.curve]
     return pd.DataFrame(rows, columns=cols).sort_values(["task", "seed", "width", "lr", "step"], ignore_index=True)
 
 def probe_text(probes: pd.DataFrame, prof: Profile) -> str:
@@ -192,5 +196,6 @@ def probe_text(probes: pd.DataFrame, prof: Profile) -> str:
         gain = g.reparam_dev.max() - g.direct_dev.max()
         lines.append(f"- {task}, seed {seed}, width {width}, lr {lr:g}: best {g.reparam_dev.max():.1f} by step {last} vs "
                      f"{g.direct_dev.max():.1f} for the direct prefix ({gain:+.1f} points); curve "
-                     + ", ".join(f"{r.step}: {r.reparam_dev:.1f} / {r.direct_dev:.1f}" for r in g.itertuples()) + " (reparam. / direct)")
+                     + ", ".join(f"{r.step}: {r.reparam_dev:.1f} / {r.direct_dev:.1f}" for r in g.itertuples()) + " (reparam. / direct)"
+                     + ("; its selected checkpoint predicts one class for every dev row" if g.constant.any() else ""))
     return "\n".join(lines)
