@@ -20,10 +20,10 @@ from .data import Encoded, bucket_batches, collate
 from .evidence import EXPERIMENTS, cell_intervals, compare, update_claims, with_predictions
 from .stats import BootResult, claims_row
 from .prefix import PrefixEncoder, find_self_attentions, load_backbone
-from .removal import removed_label, source_prefix_encoder, target_jobs
+from .removal import removed_label, target_jobs
 from .target import representation_id, run_target_jobs
 from .training import device_of, train_source_prefix
-from .transfer import check_params, latest_per_seed, prepare_data, profile_key, update_profile
+from .transfer import check_params, latest_per_seed, prepare_data, profile_key, source_prefix_encoder, update_profile
 
 # %% auto #0
 __all__ = ['TABLE3_MAX_REMOVED', 'AVERAGE', 'PARTS', 'CLAIMS', 'active_subsets', 'subset_method', 'add_average_prefix',

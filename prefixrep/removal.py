@@ -23,13 +23,12 @@ from .training import train_multitask, train_source_prefix
 from .evidence import claim_sentence, update_claims
 from .stats import BootResult, claims_row, expected_max_normal, normal_result, unpaired_se
 from .transfer import (PAPER_TABLE2, check_params, describe_deviations, mean_std_cells, multitask_encoder,
-                                prepare_data, profile_key, sample_std, update_profile)
+                                prepare_data, profile_key, sample_std, source_prefix_encoder, update_profile)
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'UNPAIRED', 'removal_sets', 'removed_label', 'check_removal_params',
-           'source_prefix_encoder', 'target_jobs', 'run_removal', 'removal_records', 'complete_seeds', 'select_subsets',
-           'aggregate', 'table3', 'removal_effects', 'wide3', 'claims3_rows', 'claims3', 'report_text3',
-           'effects_table', 'write_table3']
+           'target_jobs', 'run_removal', 'removal_records', 'complete_seeds', 'select_subsets', 'aggregate', 'table3',
+           'removal_effects', 'wide3', 'claims3_rows', 'claims3', 'report_text3', 'effects_table', 'write_table3']
 
 # %% ../nbs/06_removal.ipynb #185fbdba
 PAPER_TABLE3 = {  # Huang et al. 2023, Table 3 (RoBERTa-large; "best results from all combinations of removal")
@@ -62,14 +61,6 @@ def check_removal_params(max_removed, keep_features) -> None:
     if isinstance(max_removed, bool) or not isinstance(max_removed, (int, np.integer)) or max_removed < 0:
         raise TypeError(f"max_removed must be a non-negative integer, got {max_removed!r}")
     if not isinstance(keep_features, bool): raise TypeError(f"keep_features must be True or False, got {keep_features!r}")
-
-def source_prefix_encoder(model, prof: Profile, sources: dict, seed: int, store: Store, pad_id: int, device,
-                          progress: bool = True) -> PrefixEncoder:
-    "A `PrefixEncoder` of `model` holding Table 2's source prefixes of `seed` (the ledger's units; trained if missing)."
-    enc = PrefixEncoder(model.to(device), prof.prefix_length)
-    for s in prof.source_tasks:
-        train_source_prefix(enc, s, sources[s], prof, seed, store, pad_id, steps=prof.source_steps(s), progress=progress)
-    return enc
 
 def target_jobs(encoder, method: str, targets: dict, prof: Profile, seed: int, store: Store, pad_id: int,
                 data_key: dict, extra: dict | None = None, representation: str | None = None) -> list[TargetJob]:

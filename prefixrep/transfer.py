@@ -32,8 +32,8 @@ __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'FINETUNE
            'project_root', 'check_params', 'example_texts', 'shingles', 'overlap_filter', 'train_texts',
            'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile', 'prepare_raw',
            'pool_targets', 'prepare_data', 'multitask_encoder', 'finetune_key', 'finetune_unit', 'chosen_lr',
-           'finetune_record', 'finetune_lr', 'profile_key', 'run_transfer', 'latest_per_seed', 'mean_std_cells',
-           'sample_std', 'table2_records', 'table2', 'wide_table', 'difference_table', 'write_table2',
+           'finetune_record', 'finetune_lr', 'profile_key', 'source_prefix_encoder', 'run_transfer', 'latest_per_seed',
+           'mean_std_cells', 'sample_std', 'table2_records', 'table2', 'wide_table', 'difference_table', 'write_table2',
            'paper_difference', 'table2_evidence', 'with_intervals', 'long_length_of', 'truncated_share',
            'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals', 'diagnosis_markdown', 'diagnosis_lines',
            'length_text', 'budget_text', 'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines',
@@ -247,6 +247,14 @@ def profile_key(prof: Profile, data_dir) -> dict:
                                                               **eval_key(prof)}),
             "data": "mirror" if data_dir is not None else "hub"}
 
+def source_prefix_encoder(model, prof: Profile, sources: dict, seed: int, store: Store, pad_id: int, device,
+                          progress: bool = True) -> PrefixEncoder:
+    "A `PrefixEncoder` of `model` holding Table 2's source prefixes of `seed`, none active (the ledger's units; trained if missing)."
+    enc = PrefixEncoder(model.to(device), prof.prefix_length)
+    for s in prof.source_tasks:
+        train_source_prefix(enc, s, sources[s], prof, seed, store, pad_id, steps=prof.source_steps(s), progress=progress)
+    return enc
+
 def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
                  reports_dir=None, backbone=None, device="auto", methods: Sequence[str] = METHODS,
                  progress: bool = True, extract_dtype: str | None = None) -> pd.DataFrame:
@@ -265,10 +273,10 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
     def score_all(encoder, method, representation=None):
         jobs.extend(target_job(encoder, method, t, targets[t], prof, seed, store, pad, key, progress=progress,
                                representation=representation) for t in prof.target_tasks)
-    enc = PrefixEncoder(model.to(dev), prof.prefix_length)
-    if "frozen" in methods: score_all(enc, "frozen")
+    enc = (source_prefix_encoder(model, prof, srcs, seed, store, pad, dev, progress) if "prefix" in methods
+           else PrefixEncoder(model.to(dev), prof.prefix_length))
+    if "frozen" in methods: score_all(enc, "frozen")  # no prefix active: the frozen encoder itself
     if "prefix" in methods:
-        for s in sources: train_source_prefix(enc, s, srcs[s], prof, seed, store, pad, steps=prof.source_steps(s), progress=progress)
         enc.set_active(sources)
         score_all(enc, "prefix")
     if "multitask" in methods:

@@ -20,12 +20,12 @@ from sklearn.metrics.pairwise import cosine_similarity
 from .core import SCRATCH_PROFILES, Profile, Store, data_hash
 from .data import Encoded, get_task
 from .prefix import PrefixEncoder, load_backbone
-from .removal import removal_records, removed_label, run_removal, source_prefix_encoder
+from .removal import removal_records, removed_label, run_removal
 from .evidence import EXPERIMENTS, update_claims
 from .stats import claims_row, paired_bootstrap
 from .target import Features, extract_features, pooled_states, representation_id
 from .training import train_source_prefix
-from .transfer import check_params, prepare_data, profile_key, update_profile
+from .transfer import check_params, prepare_data, profile_key, source_prefix_encoder, update_profile
 
 # %% auto #0
 __all__ = ['EMBEDDING_STEPS', 'EMBEDDINGS', 'SCORE_METHODS', 'TRUTH_COLUMNS', 'METHOD_NAMES', 'KS', 'FULL_COST', 'METRICS',
