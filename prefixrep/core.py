@@ -134,8 +134,8 @@ PROFILES: dict[str, Profile] = {
         source_train_rows=8000, target_train_rows=1000, eval_rows=600,
         eval_policy="pool", dev_rows=500, test_rows=2000, min_dev_rows=300,
         update_eval_policy="paper",  # Table 3 / Figure 2 keep their committed splits until they are rerun
-        prefix_steps=800, prefix_lr=5e-3,
-        multitask_steps=2400, multitask_lr=2e-5,
+        prefix_steps=4000, prefix_lr=5e-3, prefix_eval_every=250,  # the budget rule on the curves (nbs/12): the caps
+        multitask_steps=8000, multitask_lr=2e-5, multitask_eval_every=250,
         finetune_epochs=6, finetune_eval_every=63, finetune_lrs=(1e-5, 3e-5, 1e-4),  # dev every epoch (1,000 rows / 16)
         update_train_rows=400, update_eval_rows=300, sequential_budgets=(100, 400), sequential_orders=(0, 1, 2),
         curve_prefix_steps=4000, curve_multitask_steps=8000, curve_eval_every=250,  # learning-curve caps (nbs/12)
@@ -145,7 +145,8 @@ PROFILES: dict[str, Profile] = {
         notes="Appendix A settings on full data; needs a GPU and the Hugging Face Hub"),
 }
 
-SMALL_BEFORE_CURVES = dict(target_max_length=None, prefix_steps=800, multitask_steps=2400, finetune_steps=200,
+SMALL_BEFORE_CURVES = dict(target_max_length=None, prefix_steps=800, prefix_eval_every=None, multitask_steps=2400,
+                           multitask_eval_every=None, finetune_steps=200,
                            finetune_lr=3e-5, finetune_epochs=10, finetune_eval_every=None, finetune_lrs=())
 "`get_profile('small', **SMALL_BEFORE_CURVES)`: the `small` of the reports written before the learning curves."
 PROFILES["small-v1"] = replace(PROFILES["small"], name="small-v1", **SMALL_BEFORE_CURVES,

@@ -211,7 +211,9 @@ def library_records(results_dir: str | Path, profile: str = "small", seed: int =
     prof = get_profile(profile)
     recs = [r for r in Ledger(Path(results_dir) / "ledger").records() if r.get("method") == "source_prefix"
             and r.get("seed") == seed and r.get("backbone") == prof.backbone and r.get("steps") == prof.source_steps(r.get("task"))
-            and r.get("train_rows") == prof.source_train_rows and r.get("max_length") == prof.max_length]
+            and r.get("train_rows") == prof.source_train_rows and r.get("max_length") == prof.max_length
+            and r.get("lr") == prof.prefix_lr and r.get("eval_every") == prof.prefix_eval_every
+            and r.get("reparam", 0) == prof.prefix_reparam]  # not a probe at another lr or parameterisation
     by_task = {r["task"]: r for r in sorted(recs, key=lambda r: r["finished"])}  # the latest, where a unit was redone
     missing = [t for t in prof.source_tasks if t not in by_task]
     if missing: raise ValueError(f"no {profile} seed-{seed} prefix in {results_dir} for {missing}: run Table 2 first")
