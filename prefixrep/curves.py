@@ -16,7 +16,7 @@ import pandas as pd
 from .core import PLATEAU_GAIN, Profile, Store, curve_scores, plateau_step
 from .prefix import PrefixEncoder, load_backbone
 from .training import decode_predictions, train_multitask, train_source_prefix
-from .transfer import chance_accuracy, check_params, prepare_data
+from .transfer import chance_accuracy, check_params, prepare_data, reparam_width
 
 # %% auto #0
 __all__ = ['CURVE_METHODS', 'curve_profile', 'run_curves', 'curve_frame', 'plateaus', 'curve_budgets', 'source_tasks',
@@ -63,9 +63,8 @@ def _curve_records(ledger: pd.DataFrame, prof: Profile) -> pd.DataFrame:
     cp = curve_profile(prof)
     if ledger.empty or "eval_every" not in ledger: return ledger.iloc[:0]
     same = (ledger.backbone == cp.backbone) & (ledger.eval_every == cp.curve_eval_every) & (ledger.max_length == cp.max_length)
-    reparam = ledger.reparam.fillna(0) if "reparam" in ledger else pd.Series(0, index=ledger.index)
     pre = ((ledger.method == "source_prefix") & (ledger.steps == cp.prefix_steps) & (ledger.lr == cp.prefix_lr)
-           & ledger.task.isin(cp.source_tasks) & (reparam == cp.prefix_reparam))
+           & ledger.task.isin(cp.source_tasks) & (reparam_width(ledger) == cp.prefix_reparam))
     mt = (ledger.method == "multitask_model") & (ledger.steps == cp.multitask_steps) & (ledger.lr == cp.multitask_lr)
     return ledger[same & (pre | mt)]
 
@@ -174,7 +173,7 @@ def reparam_probes(ledger: pd.DataFrame, prof: Profile) -> pd.DataFrame:
     cols = ["task", "seed", "width", "lr", "step", "reparam_dev", "direct_dev", "constant"]
     if ledger.empty or "reparam" not in ledger or "eval_every" not in ledger: return pd.DataFrame(columns=cols)
     cp = curve_profile(prof)
-    rp = ledger[(ledger.method == "source_prefix") & (ledger.reparam.fillna(0) > 0) & ledger.eval_every.notna()
+    rp = ledger[(ledger.method == "source_prefix") & (reparam_width(ledger) > 0) & ledger.eval_every.notna()
                 & (ledger.backbone == cp.backbone) & (ledger.max_length == cp.max_length) & ledger.task.isin(cp.source_tasks)]
     rp = rp.sort_values("steps").drop_duplicates(["task", "seed", "reparam", "lr"], keep="last")  # a continued curve replaces its start
     direct = curve_frame(ledger, prof).query("method == 'prefix'").set_index(["task", "seed", "step"]).dev

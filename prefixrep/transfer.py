@@ -32,12 +32,12 @@ __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'FINETUNE
            'project_root', 'check_params', 'example_texts', 'shingles', 'overlap_filter', 'train_texts',
            'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile', 'prepare_raw',
            'pool_targets', 'prepare_data', 'multitask_encoder', 'finetune_key', 'finetune_unit', 'chosen_lr',
-           'finetune_record', 'finetune_lr', 'profile_key', 'source_prefix_encoder', 'run_transfer', 'latest_per_seed',
-           'mean_std_cells', 'sample_std', 'table2_records', 'table2', 'wide_table', 'difference_table', 'write_table2',
-           'paper_difference', 'table2_evidence', 'with_intervals', 'long_length_of', 'truncated_share',
-           'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals', 'diagnosis_markdown', 'diagnosis_lines',
-           'length_text', 'budget_text', 'describe_deviations', 'claims', 'table2_compute_hours', 'sanity_lines',
-           'report_text']
+           'finetune_record', 'finetune_lr', 'profile_key', 'reparam_width', 'source_prefix_encoder', 'run_transfer',
+           'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2_records', 'table2', 'wide_table',
+           'difference_table', 'write_table2', 'paper_difference', 'table2_evidence', 'with_intervals',
+           'long_length_of', 'truncated_share', 'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals',
+           'diagnosis_markdown', 'diagnosis_lines', 'length_text', 'budget_text', 'describe_deviations', 'claims',
+           'table2_compute_hours', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #f9443051
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -246,6 +246,10 @@ def profile_key(prof: Profile, data_dir) -> dict:
     return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **dtype_key(prof.extract_dtype), **longer,
                                                               **eval_key(prof)}),
             "data": "mirror" if data_dir is not None else "hub"}
+
+def reparam_width(records: pd.DataFrame) -> pd.Series:
+    "Per ledger record, the MLP reparameterisation width its prefix was trained with (0: trained directly; older records lack the field)."
+    return records.reparam.fillna(0) if "reparam" in records else pd.Series(0, index=records.index)
 
 def source_prefix_encoder(model, prof: Profile, sources: dict, seed: int, store: Store, pad_id: int, device,
                           progress: bool = True) -> PrefixEncoder:
@@ -674,7 +678,7 @@ def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple
     units = ledger[ledger.seed.isin(seeds)]
     src = units[(units.method == "source_prefix") & units.task.isin(prof.source_tasks)]
     if prof.prefix_steps or prof.prefix_steps_by_task: src = src[src.steps == src.task.map(prof.source_steps)]
-    src = src[(src.reparam.fillna(0) if "reparam" in src else pd.Series(0, index=src.index)) == prof.prefix_reparam]
+    src = src[reparam_width(src) == prof.prefix_reparam]
     mt = units[units.method == "multitask_model"]
     if not mt.empty:
         mt = mt[(mt.steps == prof.multitask_steps).to_numpy() & np.array([sorted(t) == sorted(prof.source_tasks) for t in mt.tasks])]
