@@ -678,7 +678,7 @@ def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple
     units = ledger[ledger.seed.isin(seeds)]
     src = units[(units.method == "source_prefix") & units.task.isin(prof.source_tasks)]
     if prof.prefix_steps or prof.prefix_steps_by_task: src = src[src.steps == src.task.map(prof.source_steps)]
-    src = src[reparam_width(src) == prof.prefix_reparam]
+    src = src[(reparam_width(src) == prof.prefix_reparam) & (src.lr == prof.prefix_lr)]  # not a probe at another parameterisation or lr
     mt = units[units.method == "multitask_model"]
     if not mt.empty:
         mt = mt[(mt.steps == prof.multitask_steps).to_numpy() & np.array([sorted(t) == sorted(prof.source_tasks) for t in mt.tasks])]

@@ -98,3 +98,16 @@ def test_reparameterised_prefix_learns_through_its_mlp():
     assert not torch.allclose(before, out) and torch.allclose(after, out, atol=1e-6)
     same = PrefixMLP(enc, 5, 16, torch.Generator().manual_seed(0))
     assert torch.equal(same(), PrefixMLP(enc, 5, 16, torch.Generator().manual_seed(0))())  # seeded
+
+def test_table2_compute_counts_only_its_own_source_prefixes():
+    "Probes at another lr or parameterisation share task, seed and steps with Table 2's prefixes; their hours are not Table 2's."
+    from prefixrep.transfer import profile_key, table2_compute_hours
+    prof = get_profile("small")
+    key = profile_key(prof, "data")["profile_hash"]
+    rec = lambda **kw: {"method": "source_prefix", "task": "mnli", "seed": 0, "steps": prof.source_steps("mnli"),
+                        "lr": prof.prefix_lr, "seconds": 3600.0, "profile_hash": None, "tasks": None, **kw}
+    ledger = pd.DataFrame([{"method": "frozen", "task": "rte", "seed": 0, "steps": None, "lr": None, "seconds": 0.0,
+                            "profile_hash": key, "tasks": None},
+                           rec(), rec(lr=prof.prefix_lr / 50), rec(reparam=512)])
+    hours, seeds = table2_compute_hours(ledger, prof, "data")
+    assert seeds == [0] and hours == 1.0
