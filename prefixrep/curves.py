@@ -19,8 +19,9 @@ from .training import decode_predictions, train_multitask, train_source_prefix
 from .transfer import chance_accuracy, check_params, prepare_data, reparam_width
 
 # %% auto #0
-__all__ = ['CURVE_METHODS', 'curve_profile', 'run_curves', 'curve_frame', 'plateaus', 'curve_budgets', 'source_tasks',
-           'plot_learning_curves', 'report_text', 'write_curves', 'reparam_probes', 'probe_text']
+__all__ = ['CURVE_METHODS', 'ADOPT_GAIN', 'RULE_PROBE', 'curve_profile', 'run_curves', 'curve_frame', 'plateaus', 'curve_budgets',
+           'source_tasks', 'plot_learning_curves', 'report_text', 'write_curves', 'reparam_probes', 'probe_text',
+           'reparam_decision', 'decision_text']
 
 # %% ../nbs/12_curves.ipynb #5c2bf7df
 CURVE_METHODS = ("prefix", "multitask")
@@ -198,3 +199,28 @@ def probe_text(probes: pd.DataFrame, prof: Profile) -> str:
                      + ", ".join(f"{r.step}: {r.reparam_dev:.1f} / {r.direct_dev:.1f}" for r in g.itertuples()) + " (reparam. / direct)"
                      + ("; its selected checkpoint predicts one class for every dev row" if g.constant.any() else ""))
     return "\n".join(lines)
+
+ADOPT_GAIN = 1.0  # points: the rule above — 6-source mean of the best dev within the cap, reparameterised minus direct
+RULE_PROBE = (512, 1e-4)  # (width, lr) the rule tests: lr from MNLI's seed-0 1,000-step curves over {1e-3, 5e-3, 1e-4}
+
+def reparam_decision(probes: pd.DataFrame, prof: Profile, width: int = RULE_PROBE[0], lr: float = RULE_PROBE[1], seed: int = 0) -> dict:
+    """The adoption rule on the probes of one (width, lr, seed): per source, the best dev accuracy within the cap,
+    reparameterised minus direct (points); `complete`: every source has a curve to the cap; `adopt`: complete and
+    the mean gain is at least `ADOPT_GAIN`."""
+    cap = curve_profile(prof).prefix_steps
+    g = probes[(probes.width == width) & np.isclose(probes.lr.astype(float), lr) & (probes.seed == seed) & (probes.step <= cap)]
+    per = g.groupby("task").agg(reparam=("reparam_dev", "max"), direct=("direct_dev", "max"), last=("step", "max")).reindex(list(prof.source_tasks))
+    gain = per.reparam - per.direct
+    complete = bool(gain.notna().all() and (per["last"] >= cap).all())
+    mean = float(gain.mean()) if complete else float("nan")
+    return {"width": width, "lr": lr, "seed": seed, "cap": cap, "gain": gain.to_dict(), "mean_gain": mean,
+            "complete": complete, "adopt": complete and mean >= ADOPT_GAIN}
+
+def decision_text(d: dict) -> str:
+    "The adoption rule's verdict as a sentence."
+    per = ", ".join(f"{t} {g:+.1f}" for t, g in d["gain"].items() if pd.notna(g)) or "none"
+    head = f"**Adoption rule** (width {d['width']}, lr {d['lr']:g}, seed {d['seed']}, cap {d['cap']} steps): "
+    if not d["complete"]: return head + f"not decidable yet — every source needs a curve to the cap (best dev gains so far: {per})."
+    return (head + f"best dev within the cap, reparameterised minus direct: {per}; mean {d['mean_gain']:+.2f} points against "
+            f"the threshold {ADOPT_GAIN:+.1f} → " + ("`small` adopts the reparameterisation." if d["adopt"]
+                                                      else "`small` keeps the directly trained prefixes (the paper's method)."))
