@@ -13,15 +13,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import PLATEAU_GAIN, Profile, Store, curve_scores, plateau_step
+from .core import DIRECT_PREFIX, PLATEAU_GAIN, Profile, Store, curve_scores, plateau_step
 from .prefix import PrefixEncoder, load_backbone
 from .training import decode_predictions, train_multitask, train_source_prefix
 from .transfer import chance_accuracy, check_params, prepare_data, reparam_width
 
 # %% auto #0
 __all__ = ['CURVE_METHODS', 'ADOPT_GAIN', 'RULE_PROBE', 'curve_profile', 'run_curves', 'curve_frame', 'plateaus', 'curve_budgets',
-           'source_tasks', 'plot_learning_curves', 'report_text', 'write_curves', 'reparam_probes', 'probe_text',
-           'reparam_decision', 'decision_text']
+           'source_tasks', 'plot_learning_curves', 'report_text', 'write_curves', 'direct_profile', 'reparam_probes',
+           'probe_text', 'reparam_decision', 'decision_text']
 
 # %% ../nbs/12_curves.ipynb #5c2bf7df
 CURVE_METHODS = ("prefix", "multitask")
@@ -114,11 +114,13 @@ def plot_learning_curves(frame: pd.DataFrame, path: str | Path | None = None):
     "Source dev accuracy vs training steps, one panel per source, prefix vs multi-task (mean ± sd over seeds). Saves png."
     import seaborn as sns
     sns.set_theme(style="whitegrid", context="paper")
-    df = frame.assign(Method=frame.method.map({"prefix": "Prefix (one per source)", "multitask": "Multi-task model"}))
+    reparam = "prefix_direct" in set(frame.method)  # then the profile's prefixes are the MLP-reparameterised ones
+    names = {"prefix": "Prefix, MLP-reparameterised" if reparam else "Prefix (one per source)", "prefix_direct": "Prefix, trained directly (the paper's)", "multitask": "Multi-task model"}
+    df = frame.assign(Method=frame.method.map(names))
     g = sns.relplot(df, kind="line", x="step", y="dev", hue="Method", col="task", col_wrap=3, errorbar="sd", marker="o",
-                    height=2.4, aspect=1.3, facet_kws=dict(sharey=False), hue_order=["Prefix (one per source)", "Multi-task model"])
+                    height=2.4, aspect=1.3, facet_kws=dict(sharey=False), hue_order=[n for m, n in names.items() if m in set(frame.method)])
     g.set_titles("{col_name}").set_axis_labels("training steps", "source dev accuracy (%)")
-    sns.move_legend(g, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, title=None, frameon=False)
+    sns.move_legend(g, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, title=None, frameon=False)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True); g.figure.savefig(path, dpi=160, bbox_inches="tight")
     return g.figure
@@ -151,7 +153,9 @@ def report_text(plat: pd.DataFrame, table: pd.DataFrame, budgets: dict, prof: Pr
                   f"{len(lag)} sources ({', '.join(ahead) or 'none'}).", ""]
     lines += [f"Deviations from the paper: backbone {cp.backbone} (the paper: RoBERTa-large); {cp.source_train_rows} training rows "
               f"per source (the paper: all); source dev sets of {sorted(set((dev_rows or {}).values())) or '?'} rows; prefix "
-              f"length {cp.prefix_length}, batch {cp.prefix_batch}, lr {cp.prefix_lr}; multi-task batch {cp.multitask_batch}, "
+              f"length {cp.prefix_length}, batch {cp.prefix_batch}, lr {cp.prefix_lr}"
+              + (f", trained through Li & Liang's MLP reparameterisation of width {cp.prefix_reparam} (not in the paper)"
+                 if cp.prefix_reparam else "") + f"; multi-task batch {cp.multitask_batch}, "
               f"lr {cp.multitask_lr}; seeds {sorted(plat.seed.unique().tolist())}. Recorded training compute of these curves: "
               f"{hours:.1f} CPU-hours (wall time of the units, dev evaluations included)."]
     return "\n".join(lines)
@@ -167,6 +171,10 @@ def write_curves(frame: pd.DataFrame, table: pd.DataFrame, text: str, reports_di
     return [d / "learning_curves.png", d / "source_tasks.csv", d / "source_tasks.md"]
 
 # %% ../nbs/12_curves.ipynb #c4d9e2f0
+def direct_profile(prof: Profile) -> Profile:
+    "The reparameterisation's reference: `prof` itself if its prefix is trained directly, else `prof` with `DIRECT_PREFIX`."
+    return replace(prof, **DIRECT_PREFIX) if prof.prefix_reparam else prof
+
 def reparam_probes(ledger: pd.DataFrame, prof: Profile) -> pd.DataFrame:
     """Every recorded curve of a source prefix trained through the MLP reparameterisation (any width, lr, cap) on
     `prof`'s sources, step by step beside the directly trained curve unit of the same source and seed (points);
@@ -177,7 +185,7 @@ def reparam_probes(ledger: pd.DataFrame, prof: Profile) -> pd.DataFrame:
     rp = ledger[(ledger.method == "source_prefix") & (reparam_width(ledger) > 0) & ledger.eval_every.notna()
                 & (ledger.backbone == cp.backbone) & (ledger.max_length == cp.max_length) & ledger.task.isin(cp.source_tasks)]
     rp = rp.sort_values("steps").drop_duplicates(["task", "seed", "reparam", "lr"], keep="last")  # a continued curve replaces its start
-    direct = curve_frame(ledger, prof).query("method == 'prefix'").set_index(["task", "seed", "step"]).dev
+    direct = curve_frame(ledger, direct_profile(prof)).query("method == 'prefix'").set_index(["task", "seed", "step"]).dev
     one_class = lambda r: isinstance(getattr(r, "pred_dev", None), (str, list)) and len(set(decode_predictions(r.pred_dev))) == 1
     rows = [dict(task=r.task, seed=int(r.seed), width=int(r.reparam), lr=r.lr, step=int(s), reparam_dev=100 * d,
                  direct_dev=direct.get((r.task, int(r.seed), int(s)), np.nan), constant=one_class(r))
@@ -190,7 +198,7 @@ def probe_text(probes: pd.DataFrame, prof: Profile) -> str:
     lines = ["## Item 4: the MLP reparameterisation of the prefix", "",
              f"The prefix curves did not all plateau by the cap, so Li & Liang's MLP reparameterisation (`prefix_reparam`, "
              f"nbs/03: prefix = MLP(E), E [length, hidden], hidden → width → layers × 2 × hidden) was tried on the same data, "
-             f"seed and batch; the direct prefix trains at lr {prof.prefix_lr}. Source dev accuracy (%):", ""]
+             f"seed and batch; the direct prefix trains at lr {direct_profile(prof).prefix_lr}. Source dev accuracy (%):", ""]
     for (task, seed, width, lr), g in probes.groupby(["task", "seed", "width", "lr"]):
         last = int(g.step.max())
         gain = g.reparam_dev.max() - g.direct_dev.max()

@@ -104,10 +104,12 @@ def test_table2_compute_counts_only_its_own_source_prefixes():
     from prefixrep.transfer import profile_key, table2_compute_hours
     prof = get_profile("small")
     key = profile_key(prof, "data")["profile_hash"]
+    assert prof.prefix_reparam  # small trains its prefixes through the MLP; a direct prefix at the same lr is a probe
     rec = lambda **kw: {"method": "source_prefix", "task": "mnli", "seed": 0, "steps": prof.source_steps("mnli"),
-                        "lr": prof.prefix_lr, "seconds": 3600.0, "profile_hash": None, "tasks": None, **kw}
+                        "lr": prof.prefix_lr, "reparam": prof.prefix_reparam, "seconds": 3600.0, "profile_hash": None,
+                        "tasks": None, **kw}
     ledger = pd.DataFrame([{"method": "frozen", "task": "rte", "seed": 0, "steps": None, "lr": None, "seconds": 0.0,
-                            "profile_hash": key, "tasks": None},
-                           rec(), rec(lr=prof.prefix_lr / 50), rec(reparam=512)])
+                            "profile_hash": key, "tasks": None, "reparam": None},
+                           rec(), rec(lr=prof.prefix_lr * 50), rec(reparam=None), rec(reparam=2 * prof.prefix_reparam)])
     hours, seeds = table2_compute_hours(ledger, prof, "data")
     assert seeds == [0] and hours == 1.0
