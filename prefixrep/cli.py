@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .core import EXTRACT_DTYPES, PROFILES, absolute_path, default_reports_dir
-from .transfer import project_root
+from .experiment import project_root
 
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'PAPER_EXPERIMENTS', 'ALL_SEEDS', 'BACKENDS', 'PATH_VARIABLES', 'find_notebooks', 'run_plan',

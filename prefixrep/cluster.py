@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 from .core import Profile, Store, get_device
 from .prefix import PrefixEncoder, load_backbone
 from .training import data_parallel, is_main_process, train_multitask, train_source_prefix
-from .transfer import METHODS, check_params, finetune_lr, finetune_record, prepare_data, run_transfer
+from .transfer import finetune_lr, finetune_record, run_transfer
+from .experiment import METHODS, check_params, prepare_data
 
 # %% auto #0
 __all__ = ['UNIT_KINDS', 'ENCODER_WIDE', 'RUNNERS', 'WORKER_ENV', 'Unit', 'table2_units', 'prepared', 'run_unit', 'unit_params',

@@ -16,7 +16,7 @@ import pandas as pd
 from .core import DIRECT_PREFIX, PLATEAU_GAIN, Profile, Store, curve_scores, plateau_step
 from .prefix import PrefixEncoder, load_backbone
 from .training import decode_predictions, train_multitask, train_source_prefix
-from .transfer import chance_accuracy, check_params, prepare_data, reparam_width
+from .experiment import chance_accuracy, check_params, prepare_data, reparam_width
 
 # %% auto #0
 __all__ = ['CURVE_METHODS', 'ADOPT_GAIN', 'RULE_PROBE', 'curve_profile', 'run_curves', 'curve_frame', 'plateaus', 'curve_budgets',

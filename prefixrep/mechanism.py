@@ -23,7 +23,8 @@ from .prefix import PrefixEncoder, find_self_attentions, load_backbone
 from .removal import removed_label, target_jobs
 from .target import representation_id, run_target_jobs
 from .training import device_of, train_source_prefix
-from .transfer import check_params, latest_per_seed, prepare_data, profile_key, source_prefix_encoder, update_profile
+from .experiment import (check_params, latest_per_seed, prepare_data, profile_key, source_prefix_encoder,
+                                  update_profile)
 
 # %% auto #0
 __all__ = ['TABLE3_MAX_REMOVED', 'AVERAGE', 'PARTS', 'CLAIMS', 'active_subsets', 'subset_method', 'add_average_prefix',

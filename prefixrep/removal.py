@@ -22,8 +22,8 @@ from .target import TargetJob, run_target_jobs, target_job
 from .training import train_multitask, train_source_prefix
 from .evidence import claim_sentence, update_claims
 from .stats import BootResult, claims_row, expected_max_normal, normal_result, unpaired_se
-from .transfer import (PAPER_TABLE2, check_params, describe_deviations, mean_std_cells, multitask_encoder,
-                                prepare_data, profile_key, sample_std, source_prefix_encoder, update_profile)
+from .experiment import (PAPER_TABLE2, check_params, describe_deviations, mean_std_cells, multitask_encoder,
+                                  prepare_data, profile_key, sample_std, source_prefix_encoder, update_profile)
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'UNPAIRED', 'removal_sets', 'removed_label', 'check_removal_params',

@@ -22,8 +22,8 @@ from .target import run_target_jobs, target_job
 from .training import MLPHead, head_outputs, multitask_unit, train_multitask, train_source_prefix
 from .evidence import claim_sentence, update_claims
 from .stats import BootResult, claims_row, normal_result, unpaired_se
-from .transfer import (METHOD_NAMES, check_params, describe_deviations, prepare_data, profile_key,
-                                update_profile)
+from .experiment import (METHOD_NAMES, check_params, describe_deviations, prepare_data, profile_key,
+                                  update_profile)
 
 # %% auto #0
 __all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'task_orders', 'schedule', 'round_unit', 'SequentialRun', 'round_plan',

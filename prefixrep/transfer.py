@@ -5,9 +5,6 @@
 # %% ../nbs/05_transfer.ipynb #4250d016
 from __future__ import annotations
 
-import functools
-import os
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,187 +13,28 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import (Profile, Store, absolute_path, config_hash, default_cache_dir, default_reports_dir,
-                            default_results_dir, dtype_key, eval_key, get_device, get_profile)
-from .data import Encoded, cap_rows, cut_eval, encode, get_task, load_pool, load_task, resolve_data_dir
+from .core import Profile, Store, config_hash, dtype_key, eval_key, get_profile
+from .data import Encoded
 from .prefix import PrefixEncoder, load_backbone
 from .target import (PROBE_WDS, eval_rows_keys, linear_probe, representation_id, run_target_jobs, score_target,
                                split_features, split_rows_hash, target_job)
-from .training import (curve_key, finetune_target, is_main_process, multitask_unit, record_unit,
-                                train_multitask, train_source_prefix)
-from .evidence import cell_intervals, check_scores, claim_sentence, compare, update_claims
+from .training import curve_key, decode_predictions, finetune_target, is_main_process, record_unit
+from .evidence import cell_intervals, check_scores, claim_sentence, compare, read_rows, update_claims
 from .stats import claims_row
+from .experiment import (METHOD_NAMES, METHODS, PAPER_TABLE2, check_params, describe_deviations, encode_all,
+                                  latest_per_seed, mean_std_cells, multitask_encoder, prepare_data, prepare_raw,
+                                  profile_key, reparam_width, sample_std, source_prefix_encoder)
+
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'FINETUNE_FIELDS', 'TABLE2_CLAIMS', 'DIAGNOSIS_METHODS',
-           'project_root', 'check_params', 'example_texts', 'shingles', 'overlap_filter', 'train_texts',
-           'decontaminate', 'load_run_data', 'encode_all', 'chance_accuracy', 'update_profile', 'prepare_raw',
-           'pool_targets', 'prepare_data', 'multitask_encoder', 'finetune_key', 'finetune_unit', 'chosen_lr',
-           'finetune_record', 'finetune_lr', 'profile_key', 'reparam_width', 'source_prefix_encoder', 'run_transfer',
-           'latest_per_seed', 'mean_std_cells', 'sample_std', 'table2_records', 'table2', 'wide_table',
+__all__ = ['FINETUNE_FIELDS', 'TABLE2_CLAIMS', 'DIAGNOSIS_METHODS', 'finetune_key', 'finetune_unit', 'chosen_lr',
+           'finetune_record', 'finetune_lr', 'run_transfer', 'table2_records', 'table2', 'wide_table',
            'difference_table', 'write_table2', 'paper_difference', 'table2_evidence', 'with_intervals',
            'long_length_of', 'truncated_share', 'diagnose_frozen', 'diagnosis_table', 'diagnosis_intervals',
-           'diagnosis_markdown', 'diagnosis_lines', 'length_text', 'budget_text', 'describe_deviations', 'claims',
-           'table2_compute_hours', 'sanity_lines', 'report_text']
-
-# %% ../nbs/05_transfer.ipynb #f9443051
-METHODS = ("finetune", "frozen", "multitask", "prefix")
-METHOD_NAMES = {"majority": "Majority class of the test split", "finetune": "Fine-tuning the whole LM (upper bound)", "frozen": "Frozen LM (lower bound)",
-                "multitask": "Multi-tasking training", "prefix": "Prefix-based training (ours)"}
-PAPER_TABLE2 = {  # Huang et al. 2023, Table 2 (RoBERTa-large, 5-run average)
-    "finetune": dict(rte=86.38, mrpc=88.01, cr=93.59, mr=91.19, mpqa=91.93, boolq=85.28, multirc=80.80, cosmosqa=77.77, Avg=86.87),
-    "frozen": dict(rte=58.59, mrpc=77.28, cr=91.66, mr=87.99, mpqa=90.29, boolq=70.53, multirc=68.74, cosmosqa=57.27, Avg=75.29),
-    "multitask": dict(rte=82.16, mrpc=84.90, cr=91.03, mr=90.60, mpqa=90.83, boolq=79.44, multirc=74.00, cosmosqa=66.53, Avg=82.44),
-    "prefix": dict(rte=84.86, mrpc=85.37, cr=92.03, mr=90.08, mpqa=91.05, boolq=80.84, multirc=75.66, cosmosqa=70.90, Avg=83.85),
-}
-
-def project_root(start: str | Path = ".") -> Path:
-    "The checkout's root (the folder with settings.ini) above `start`, else `start` itself."
-    start = Path(start).resolve()
-    return next((p for p in [start, *start.parents] if (p / "settings.ini").exists()), start)
-
-def check_params(seed, profile, data_dir=None, results_dir=None, cache_dir=None, reports_dir=None,
-                 backbone=None, device="auto", extract_dtype=None) -> dict:
-    "Validate papermill parameters and resolve defaults; fails early with a clear message."
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise TypeError(f"seed must be a non-negative integer, got {seed!r} ({type(seed).__name__})")
-    prof = get_profile(profile, **({"backbone": backbone} if backbone else {}),
-                       **({"extract_dtype": extract_dtype} if extract_dtype else {}))
-    for name, v in dict(data_dir=data_dir, results_dir=results_dir, cache_dir=cache_dir, reports_dir=reports_dir).items():
-        if v is not None and not isinstance(v, (str, Path)): raise TypeError(f"{name} must be a path, got {v!r}")
-    root = project_root()
-    if data_dir is None and not os.environ.get("PREFIXREP_DATA_DIR") and (root.parent / "shared" / "data").is_dir():
-        data_dir = root.parent / "shared" / "data"
-    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {device!r}")
-    # given paths win, then $PREFIXREP_RESULTS / $PREFIXREP_CACHE, then the checkout's folders; a smoke run's
-    # results and reports default to runs/smoke/ (git-ignored), never the committed results/ and reports/
-    return dict(seed=int(seed), profile=prof, data_dir=resolve_data_dir(data_dir),
-                results_dir=absolute_path(results_dir) or default_results_dir(root, prof.name),
-                cache_dir=absolute_path(cache_dir) or default_cache_dir(root),
-                reports_dir=absolute_path(reports_dir) or default_reports_dir(root, prof.name, prof.extract_dtype),
-                device=get_device(device))
-
-# %% ../nbs/05_transfer.ipynb #78c99ed8
-def _norm(s: str | None) -> str:
-    return "".join(ch for ch in (s or "").lower() if ch.isalnum())
-
-def example_texts(e) -> set[str]:
-    "Normalised texts (lowercase, alphanumerics only) of an example's views, for overlap checks."
-    return {_norm(v[0]) + "|" + _norm(v[1]) for v in e.views} | {_norm(v[0]) for v in e.views if v[1] is None}
-
-def shingles(e, n: int = 8) -> set[str]:
-    "Every run of `n` words (lowercase alphanumerics) in any text of an example's views."
-    out = set()
-    for text in (x for v in e.views for x in v if x):
-        w = re.findall(r"[a-z0-9]+", text.lower())
-        out.update(" ".join(w[i:i + n]) for i in range(len(w) - n + 1))
-    return out
-
-def overlap_filter(sources: dict, n: int = 8):
-    """`keep(example, own_train_texts)`: False where the example's text occurs exactly in a source training pool or in
-    `own_train_texts` (a set of `example_texts`), or shares a run of `n` words with a source training text."""
-    src = [e for s in sources.values() for e in s["train"]]
-    exact_src = set().union(*(example_texts(e) for e in src)) if src else set()
-    grams_src = set().union(*(shingles(e, n) for e in src)) if src else set()
-    def keep(e, own: set) -> bool:
-        texts = example_texts(e)
-        return not (texts & exact_src) and not (texts & own) and not (shingles(e, n) & grams_src)
-    return keep
-
-def train_texts(examples) -> set[str]:
-    "Every normalised text of some training examples (the target's own train split, for `overlap_filter`)."
-    return set().union(*(example_texts(e) for e in examples)) if examples else set()
-
-def decontaminate(targets: dict, sources: dict, n: int = 8) -> pd.DataFrame:
-    """Drop (in place) target dev/test examples whose text occurs exactly in a source training pool or the target's
-    own train split, or that share a run of `n` words with a source training text. Returns the counts."""
-    keep, rows = overlap_filter(sources, n), []
-    for t, sp in targets.items():
-        own = train_texts(sp["train"])
-        for split in ("dev", "test"):
-            kept = [e for e in sp[split] if keep(e, own)]
-            rows.append(dict(task=t, split=split, before=len(sp[split]), dropped=len(sp[split]) - len(kept)))
-            sp[split] = kept
-    return pd.DataFrame(rows)
-
-def load_run_data(prof: Profile, data_dir, tasks: Sequence[str], train_rows: int | None) -> dict:
-    "Raw examples of `tasks` with the profile's caps."
-    return {t: load_task(t, data_dir, prof.split_seed, train_rows, prof.eval_rows) for t in tasks}
-
-def encode_all(raw: dict, tok, max_length: int) -> dict:
-    return {t: {s: encode(v, tok, max_length) for s, v in sp.items()} for t, sp in raw.items()}
-
-def chance_accuracy(examples) -> float:
-    "Accuracy of always predicting the most frequent label (classification) or a uniform guess (choices); raw or encoded examples."
-    views = [len(e.views) if hasattr(e, "views") else len(e.input_ids) for e in examples]
-    if views[0] > 1: return float(np.mean([1 / v for v in views]))
-    return float(pd.Series([e.label for e in examples]).value_counts(normalize=True).iloc[0])
-
-def update_profile(prof: Profile) -> Profile:
-    """`prof` with the target rows of the update experiments (Table 3, Figure 2): their train cap, and their evaluation
-    policy (`update_eval_policy`) with its dev/test caps; None keeps Table 2's."""
-    policy = prof.update_eval_policy or prof.eval_policy
-    return replace(prof, target_train_rows=prof.target_train_rows if prof.update_train_rows is None else prof.update_train_rows,
-                   eval_rows=prof.eval_rows if prof.update_eval_rows is None else prof.update_eval_rows,
-                   eval_policy=policy, update_eval_policy=None)
-
-def prepare_raw(prof: Profile, data_dir, target_profile: Profile | None = None) -> tuple[dict, dict, dict]:
-    """Target and source examples for a run, after decontamination; plus the checks to show
-    ({'decontamination': DataFrame, 'chance': {task: majority/uniform test accuracy}, 'n_test': {task: rows}}).
-    Targets take the caps of `target_profile` (e.g. `update_profile(prof)`); sources always keep `prof`'s, so a
-    prefix trained by any experiment is the very unit Table 2 finds."""
-    tp = target_profile or prof
-    raw_s = load_run_data(prof, data_dir, prof.source_tasks, prof.source_train_rows)
-    if tp.eval_policy == "pool": raw_t, decon = pool_targets(prof, tp, data_dir, raw_s)
-    else:
-        raw_t = load_run_data(tp, data_dir, prof.target_tasks, tp.target_train_rows)
-        decon = decontaminate(raw_t, raw_s)
-    checks = {"decontamination": decon, "chance": {t: chance_accuracy(sp["test"]) for t, sp in raw_t.items()},
-              "n_test": {t: len(sp["test"]) for t, sp in raw_t.items()},
-              "sizes": {t: {s: len(v) for s, v in sp.items()} for t, sp in raw_t.items()}}
-    return raw_t, raw_s, checks
-
-def pool_targets(prof: Profile, tp: Profile, data_dir, sources: dict) -> tuple[dict, pd.DataFrame]:
-    """Target splits under the pool policy (nbs/01_data.ipynb): `prof`'s train budget fixes what is evaluation data;
-    `tp` (Table 3 / Figure 2's profile) trains on a subset of that budget and is scored on the same dev/test rows.
-    The overlap filter runs while the dev/test rows are drawn, so they reach their sizes. Returns the splits and the
-    filter's counts per target (rows of the pool examined and dropped)."""
-    keep, out, rows = overlap_filter(sources), {}, []
-    for t in prof.target_tasks:
-        p = load_pool(t, data_dir, prof.split_seed, prof.target_train_rows)
-        own = train_texts(p["train"])
-        ev, info = cut_eval(p["pool"], prof.dev_rows, prof.test_rows, prof.min_dev_rows, prof.split_seed,
-                            keep=lambda e: keep(e, own))
-        train = cap_rows(p["train"], tp.target_train_rows, prof.split_seed, grouped=get_task(t).group_field is not None)
-        out[t] = {"train": train, **ev}
-        rows.append(dict(task=t, split="dev+test", before=info["examined"], dropped=info["dropped"]))
-    return out, pd.DataFrame(rows)
-
-def prepare_data(prof: Profile, data_dir, tok, target_profile: Profile | None = None) -> tuple[dict, dict, dict]:
-    "`prepare_raw`, encoded: targets at the profile's `target_length`, sources at its `max_length` (targets, sources, checks)."
-    raw_t, raw_s, checks = prepare_raw(prof, data_dir, target_profile)
-    return encode_all(raw_t, tok, prof.target_length), encode_all(raw_s, tok, prof.max_length), checks
-
-# %% ../nbs/05_transfer.ipynb #37e8fac2
-def multitask_encoder(prof: Profile, sources: dict, seed: int, store: Store, pad_id: int, device,
-                      steps: int | None = None, progress: bool = True) -> tuple:
-    "(lazy builder of the frozen multi-task encoder, its representation name) for `score_target`."
-    name = "multitask:" + config_hash(multitask_unit(prof, sources, seed, steps or prof.multitask_steps))
-    @functools.cache
-    def build() -> PrefixEncoder:
-        enc = PrefixEncoder(load_backbone(prof.backbone)[0].to(device), prof.prefix_length)
-        train_multitask(enc, sources, prof, seed, store, pad_id, steps=steps, progress=progress)
-        return enc
-    return build, name
+           'diagnosis_markdown', 'diagnosis_lines', 'finetune_grid', 'one_class_share', 'upper_bound_check', 'claims',
+           'table2_compute', 'sanity_lines', 'report_text']
 
 # %% ../nbs/05_transfer.ipynb #7880fa43
-TABLE2_FIELDS = ("backbone", "max_length", "source_tasks", "target_tasks", "source_train_rows", "target_train_rows",
-                 "eval_rows", "split_seed", "prefix_length", "prefix_batch", "prefix_epochs", "prefix_steps", "prefix_lr",
-                 "prefix_wd", "head_batch", "head_epochs", "head_lr", "head_wd", "multitask_batch", "multitask_steps",
-                 "multitask_lr", "multitask_wd", "finetune_batch", "finetune_epochs", "finetune_steps", "finetune_lr",
-                 "finetune_wd")
-
 FINETUNE_FIELDS = ("backbone", "source_tasks", "target_tasks", "source_train_rows", "target_train_rows", "eval_rows",
                    "split_seed", "finetune_batch", "finetune_epochs", "finetune_steps", "finetune_wd")
 
@@ -228,7 +66,9 @@ def finetune_record(prof: Profile, task: str, seed: int, lr: float, splits: dict
         out = finetune_target(ft, task, splits, prof, seed, pad_id, store.cache_path("ckpt", config_hash(cfg), ".pt"),
                               progress=progress, lr=lr)
         return {**out, **(eval_rows_keys(store, task, splits) if is_main_process() else {})}
-    return record_unit(store, cfg, work)
+    rec = record_unit(store, cfg, work)
+    if is_main_process(): store.cache_path("ckpt", config_hash(cfg), ".pt").unlink(missing_ok=True)  # its resume point, spent
+    return rec
 
 def finetune_lr(prof: Profile, task: str, splits: dict, pad_id: int, store: Store, device, data_dir,
                 progress: bool = True) -> float:
@@ -236,28 +76,6 @@ def finetune_lr(prof: Profile, task: str, splits: dict, pad_id: int, store: Stor
     best seed-0 dev accuracy picks (`chosen_lr`); without, the profile's `finetune_lr`."""
     grid = [finetune_record(prof, task, 0, lr, splits, pad_id, store, device, data_dir, progress) for lr in prof.finetune_lrs]
     return chosen_lr(grid) if grid else prof.finetune_lr
-
-def profile_key(prof: Profile, data_dir) -> dict:
-    """What every unit of a Table 2 run shares: the hash of the profile fields Table 2 depends on (so editing, say,
-    Figure 2's budgets keeps Table 2's records valid; the pool policy's fields only where it is used) and where the
-    data came from."""
-    d = prof.to_dict()
-    longer = {k: d[k] for k in ("target_max_length", "prefix_steps_by_task", "prefix_reparam") if d[k]}  # only where set: older keys hold
-    return {"profile": prof.name, "profile_hash": config_hash({**{k: d[k] for k in TABLE2_FIELDS}, **dtype_key(prof.extract_dtype), **longer,
-                                                              **eval_key(prof)}),
-            "data": "mirror" if data_dir is not None else "hub"}
-
-def reparam_width(records: pd.DataFrame) -> pd.Series:
-    "Per ledger record, the MLP reparameterisation width its prefix was trained with (0: trained directly; older records lack the field)."
-    return records.reparam.fillna(0) if "reparam" in records else pd.Series(0, index=records.index)
-
-def source_prefix_encoder(model, prof: Profile, sources: dict, seed: int, store: Store, pad_id: int, device,
-                          progress: bool = True) -> PrefixEncoder:
-    "A `PrefixEncoder` of `model` holding Table 2's source prefixes of `seed`, none active (the ledger's units; trained if missing)."
-    enc = PrefixEncoder(model.to(device), prof.prefix_length)
-    for s in prof.source_tasks:
-        train_source_prefix(enc, s, sources[s], prof, seed, store, pad_id, steps=prof.source_steps(s), progress=progress)
-    return enc
 
 def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
                  reports_dir=None, backbone=None, device="auto", methods: Sequence[str] = METHODS,
@@ -296,18 +114,6 @@ def run_transfer(seed: int = 0, profile: str | Profile = "small", data_dir=None,
     return out
 
 # %% ../nbs/05_transfer.ipynb #cd3b43ae
-def latest_per_seed(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    "One record per `by` group: the newest, if a unit was ever recomputed under another key (e.g. another machine)."
-    return df.sort_values("finished").groupby(list(by), as_index=False).tail(1) if not df.empty else df
-
-def mean_std_cells(long: pd.DataFrame) -> list[str]:
-    "'mean ± std' per row of a long table ('mean' alone where one seed: a single run has no spread to show)."
-    return [f"{m:.2f} ± {s:.2f}" if k > 1 else f"{m:.2f}" for m, s, k in zip(long["mean"], long["std"], long["n_seeds"])]
-
-def sample_std(x: pd.Series) -> float:
-    "Sample standard deviation (ddof=1) over seeds; 0 for a single seed."
-    return float(x.std(ddof=1)) if len(x) > 1 else 0.0
-
 def table2_records(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
     """The ledger records of this profile's Table 2 units: the newest per (method, task, seed), and only seeds that have
     every target for their method, so that every cell, the average and every interval count the same seeds (a seed
@@ -590,70 +396,52 @@ def diagnosis_lines(diag: pd.DataFrame, max_length: int) -> list[str]:
                    "target head, the row cap or truncation.")
     return out
 
+# %% ../nbs/05_transfer.ipynb #26093bca
+def finetune_grid(ledger: pd.DataFrame, prof: Profile, data_dir) -> pd.DataFrame:
+    "Seed 0's fine-tuning runs of the profile's fine-tuning key: every lr of its grid, the newest record per (target, lr)."
+    if ledger.empty or "profile_hash" not in ledger: return ledger.iloc[:0]
+    g = ledger[(ledger.method == "finetune") & (ledger.seed == 0) & (ledger.profile_hash == finetune_key(prof, data_dir)["profile_hash"])]
+    return latest_per_seed(g, ["task", "lr"]).sort_values(["task", "lr"])
+
+def one_class_share(pred: str | Sequence[int]) -> float:
+    "Share of rows in the most frequent class of some predictions (or labels)."
+    return float(np.bincount(decode_predictions(pred)).max() / len(decode_predictions(pred)))
+
+def upper_bound_check(long: pd.DataFrame, grid: pd.DataFrame, chance: dict, results_dir: str | Path) -> tuple[list[str], pd.DataFrame]:
+    """Whether fine-tuning's interval is above chance on every target where some row's is; where not, seed 0's runs of
+    that target at every lr (dev % per evaluation, the dev split's majority %, train loss, test %, and the share of
+    test rows predicted as one class) as (sentences, table)."""
+    cell = long.set_index(["method", "task"])
+    if "ci_low" not in cell or "finetune" not in cell.index.get_level_values("method"): return [], pd.DataFrame()
+    above = lambda m, t: (m, t) in cell.index and cell.loc[(m, t), "ci_low"] > 100 * chance[t]
+    decided = [t for t in chance if any(above(m, t) for m in METHODS)]
+    fails = [t for t in decided if not above("finetune", t)]
+    ci = lambda t: f"{t} {cell.loc[('finetune', t), 'mean']:.1f} [{cell.loc[('finetune', t), 'ci_low']:.1f}, {cell.loc[('finetune', t), 'ci_high']:.1f}] vs {100 * chance[t]:.1f}"
+    lines = [f"Fine-tuning (the upper bound) is above chance by its 95% interval on {len(decided) - len(fails)} of the "
+             f"{len(decided)} targets where some row is" + (f"; NOT on {'; '.join(ci(t) for t in fails)}." if fails else ".")]
+    rows = []
+    for t in fails:
+        runs = grid[grid.task == t]
+        lr = chosen_lr(runs.to_dict("records")) if len(runs) else None
+        for r in runs.itertuples():
+            dev_major = one_class_share(read_rows(results_dir, r.rows_dev)["label"]) if isinstance(r.rows_dev, str) else np.nan
+            rows.append({"task": t, "lr": r.lr, "chosen": r.lr == lr, "dev per evaluation (%)": " / ".join(f"{100 * d:.1f}" for _, d in r.curve),
+                         "best step": r.best_step, "dev majority (%)": 100 * dev_major, "best dev − majority": 100 * (r.dev - dev_major),
+                         "train loss": r.loss, "test (%)": 100 * r.score,
+                         "test rows in one class (%)": 100 * one_class_share(r.pred_test) if isinstance(r.pred_test, str) else np.nan})
+    table = pd.DataFrame(rows)
+    for t, g in (table.groupby("task", sort=False) if len(table) else []):
+        gap = g["best dev − majority"].max()
+        lines.append(f"{t}: over the grid ({', '.join(f'{lr:g}' for lr in g.lr)}) seed 0's best dev accuracy is at most "
+                     f"{gap:+.1f} points from the dev split's majority rate ({g['dev majority (%)'].iloc[0]:.1f}%), and the "
+                     f"chosen run predicts one class on {g[g.chosen]['test rows in one class (%)'].iloc[0]:.0f}% of test rows: "
+                     + ("no lr lifts dev clearly (2 points) above always guessing the majority class — on this train budget "
+                        "fine-tuning learns little beyond the label frequencies." if gap < 2 else
+                        "dev rises above the majority rate, but the dev-selected run does not carry that to test."))
+    return lines, table
+
+
 # %% ../nbs/05_transfer.ipynb #d38a4206
-def length_text(prof: Profile) -> str:
-    "The max lengths of a profile, in words."
-    return (f"max length {prof.max_length} tokens" if prof.target_length == prof.max_length else
-            f"max length {prof.max_length} tokens for source pairs, {prof.target_length} for every target row")
-
-def budget_text(prof: Profile) -> str:
-    "The training budgets of a profile and how each checkpoint is chosen, in words."
-    every = lambda n: f", source dev every {n} steps, the best-dev checkpoint kept" if n else ""
-    ft = f"{prof.finetune_steps} steps" if prof.finetune_steps else f"{prof.finetune_epochs} epochs"
-    ft += (f", target dev every {prof.finetune_eval_every} steps, the best-dev checkpoint scored" if prof.finetune_eval_every
-           else ", scored at the last step")
-    ft += (f", lr per target from {{{', '.join(f'{lr:g}' for lr in prof.finetune_lrs)}}} by seed 0's best dev accuracy"
-           if prof.finetune_lrs else f", lr {prof.finetune_lr:g}")
-    pre = f"{prof.prefix_steps} steps" if prof.prefix_steps else f"{prof.prefix_epochs} epochs"
-    if prof.prefix_steps_by_task: pre = "steps per source (" + ", ".join(f"{t} {prof.source_steps(t)}" for t in prof.source_tasks) + ")"
-    if prof.prefix_reparam: pre += f" through Li & Liang's MLP reparameterisation (width {prof.prefix_reparam}; not in the paper)"
-    return (f"Budgets: prefix {pre} × batch "
-            f"{prof.prefix_batch} (paper: 40 epochs), lr {prof.prefix_lr}{every(prof.prefix_eval_every)}; multi-task "
-            f"{prof.multitask_steps} steps × batch {prof.multitask_batch} (paper: 400,000), lr {prof.multitask_lr}"
-            f"{every(prof.multitask_eval_every)}; target heads {prof.head_epochs} epochs (paper: 80), best epoch chosen on the "
-            f"internal dev split; fine-tuning upper bound {ft} (not given in the paper).")
-
-def describe_deviations(prof: Profile, data_dir, checks: dict | None = None) -> list[str]:
-    "The ways this run differs from the paper, as sentences (from the profile, the task registry and `checks`' sizes)."
-    out = []
-    if prof.backbone != "roberta-large":
-        out.append(f"Backbone: `{prof.backbone}` instead of RoBERTa-large"
-                   + (" — sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M parameters), which "
-                      "was contrastively fine-tuned on ~1B sentence pairs including SNLI+MNLI, QQP and SQuAD pairs, so "
-                      "it has already seen data of several source tasks." if prof.backbone == "minilm" else "."))
-    if data_dir is not None:
-        for t in list(prof.source_tasks) + list(prof.target_tasks):
-            task = get_task(t)
-            if task.mirror is not None and task.mirror.note: out.append(f"{t}: {task.mirror.note}.")
-        missing = [t for t in get_profile("paper").source_tasks if t not in prof.source_tasks]
-        if missing: out.append(f"Source tasks not used: {', '.join(missing)} (ReCoRD is not in the offline mirror).")
-    if prof.eval_policy == "pool":
-        sizes = checks.get("sizes", {}) if checks else {}
-        out.append(f"Row caps: source training pools ≤ {prof.source_train_rows}; target train ≤ {prof.target_train_rows} "
-                   f"(a fixed random subset of the paper policy's train split; whole passages for boolq, multirc, cosmosqa); "
-                   + length_text(prof) + ".")
-        out.append("Evaluation sets (the pool policy, not the paper's split): every labelled target row outside the train "
-                   "budget — the train split beyond the cap, the dev and test parts, and MRPC's labelled official test "
-                   f"split — is evaluation data; dev takes about {prof.dev_rows} rows (whole groups: it may overshoot; at "
-                   f"least {prof.min_dev_rows} where the pool is short), test up to {prof.test_rows}, whole "
-                   f"passages/paragraphs/contexts in a random order (split seed {prof.split_seed}), after the overlap filter"
-                   + (": " + ", ".join(f"{t} train {n['train']} / dev {n['dev']} / test {n['test']}" for t, n in sizes.items())
-                      if sizes else "") + "."
-                   + (f" Where the labelled pool is short ({', '.join(short)}), dev keeps about its minimum and test gets "
-                      "the rest." if (short := [t for t, n in sizes.items() if prof.test_rows and n['test'] < prof.test_rows * 0.99])
-                      else ""))
-    else:
-        out.append(f"Row caps: source training pools ≤ {prof.source_train_rows}, target train ≤ {prof.target_train_rows}, "
-                   f"dev/test ≤ {prof.eval_rows} each (fixed random subsets, split seed {prof.split_seed}); "
-                   + length_text(prof) + ".")
-    out.append(budget_text(prof))
-    if prof.extract_dtype != "float32":
-        out.append(f"Fixed representations computed under {prof.extract_dtype} autocast (the paper's are fp32; "
-                   "`benchmarks/bf16_check.py` measures the score change).")
-    out.append("Target dev/test rows whose text occurs in a training pool of the run (exactly, or an 8-word run shared "
-               "with a source training text) were dropped before scoring; the paper did not do this.")
-    return out
-
 def claims(claim_rows: Sequence[dict], diffs: pd.DataFrame | None = None) -> list[str]:
     """The paper's Table 2 claims as sentences, each with its interval and verdict (`TABLE2_CLAIMS`; a comparison
     without predictions for both methods on every target says so), and how many targets decide prefix − multi-task."""
@@ -668,13 +456,15 @@ def claims(claim_rows: Sequence[dict], diffs: pd.DataFrame | None = None) -> lis
                    f"(each target's interval and McNemar p-value: `table2.csv`, `mcnemar_p` in the differences).")
     return out
 
-def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple[float, list[int]]:
-    """Recorded compute of Table 2's units only: its target units, plus the source prefixes and the multi-task model
-    at Table 2's budgets for the seeds in the table (training time summed over resumes where recorded)."""
-    if ledger.empty or "profile_hash" not in ledger: return 0.0, []
+def table2_compute(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple[pd.Series, list[int]]:
+    """Recorded hours of Table 2's units per row, for the seeds in the table: each row's target units (target heads, or
+    the fine-tuning runs with seed 0's whole lr grid), plus the prefix row's source prefixes and the multi-task row's
+    model at Table 2's budgets (training time summed over resumes where recorded)."""
+    if ledger.empty or "profile_hash" not in ledger: return pd.Series(0.0, index=list(METHODS)), []
     key = profile_key(prof, data_dir)
-    mine = ledger[(ledger.profile_hash == key["profile_hash"]) & ledger.method.isin(METHODS)]
-    seeds = sorted(int(s) for s in mine.seed.dropna().unique())
+    mine = ledger[(ledger.profile_hash == key["profile_hash"]) & ledger.method.isin(METHODS) & (ledger.method != "finetune")]
+    ft = ledger[(ledger.method == "finetune") & (ledger.profile_hash == finetune_key(prof, data_dir)["profile_hash"])]
+    seeds = sorted(int(s) for s in pd.concat([mine, ft]).seed.dropna().unique())
     units = ledger[ledger.seed.isin(seeds)]
     src = units[(units.method == "source_prefix") & units.task.isin(prof.source_tasks)]
     if prof.prefix_steps or prof.prefix_steps_by_task: src = src[src.steps == src.task.map(prof.source_steps)]
@@ -682,7 +472,9 @@ def table2_compute_hours(ledger: pd.DataFrame, prof: Profile, data_dir) -> tuple
     mt = units[units.method == "multitask_model"]
     if not mt.empty:
         mt = mt[(mt.steps == prof.multitask_steps).to_numpy() & np.array([sorted(t) == sorted(prof.source_tasks) for t in mt.tasks])]
-    return sum(_seconds(d) for d in (mine, src, mt)) / 3600, seeds
+    hours = {m: _seconds(mine[mine.method == m]) for m in METHODS} | {"finetune": _seconds(ft)}
+    hours["prefix"] += _seconds(src); hours["multitask"] += _seconds(mt)
+    return pd.Series(hours) / 3600, seeds
 
 def _seconds(d: pd.DataFrame) -> float:
     "Recorded seconds of some units: training time summed over resumes where recorded, else the last run's."
@@ -729,16 +521,20 @@ def sanity_lines(long: pd.DataFrame, checks: dict) -> list[str]:
 
 def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_dir, checks: dict | None = None,
                 diagnosis: pd.DataFrame | None = None, claim_rows: Sequence[dict] = (), diffs: pd.DataFrame | None = None,
-                score_check: pd.DataFrame | None = None) -> str:
+                score_check: pd.DataFrame | None = None, upper: tuple[list[str], pd.DataFrame] | None = None) -> str:
     """The prose of the Table 2 report: claims with their intervals (`table2_evidence`), the check that predictions give
-    the recorded scores, sanity checks (given `checks`) and the frozen row's diagnosis (given `diagnosis_table`),
+    the recorded scores, sanity checks (given `checks`), whether the upper bound is one (given `upper_bound_check`) and
+    the frozen row's diagnosis (given `diagnosis_table`),
     deviations, seeds and wall time, all computed."""
-    hours, seeds = table2_compute_hours(ledger, prof, data_dir)
+    hours, seeds = table2_compute(ledger, prof, data_dir)
+    names = {"finetune": "fine-tuning (seed 0's lr grid included)", "frozen": "frozen", "multitask": "multi-task (its model included)",
+             "prefix": "prefix (its source prefixes included)"}
     per_row = {m: int(g.n_seeds.max()) for m, g in long.groupby("method")} if len(long) else {}
     lines = [f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds} (per row: "
              + ", ".join(f"{m} {n}" for m, n in per_row.items() if m in METHODS) + "); every number is computed from "
              "ledger records in `results/ledger/` (config hash in each record) and their per-example predictions "
-             f"against the committed rows in `results/rows/`. Total recorded compute: {hours:.2f} h of wall time.",
+             f"against the committed rows in `results/rows/`. Total recorded compute: {hours.sum():.2f} h of wall time ("
+             + ", ".join(f"{names[m]} {hours[m]:.2f} h" for m in METHODS) + ").",
              "", "**Claims** (A − B in accuracy points on the 8-target average; 95% paired bootstrap interval over test "
              "rows — whole passages, paragraphs or contexts where rows share one — and seeds; the verdict is read off the "
              "interval only)", ""] + [f"- {c}" for c in claims(claim_rows, diffs)]
@@ -750,6 +546,10 @@ def report_text(long: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_di
         lines += ["", f"**Score check**: the per-example predictions of {len(score_check)} records give back their recorded "
                   f"dev and test scores exactly" + (f", except {len(bad)}: {', '.join(bad.config_hash)}." if len(bad) else ".")]
     if checks: lines += ["", "**Sanity checks**", ""] + [f"- {c}" for c in sanity_lines(long, checks)]
+    if upper and upper[0]:
+        lines += ["", "**Is the upper bound one?**", ""] + [f"- {c}" for c in upper[0]]
+        if len(upper[1]): lines += ["", "Seed 0's fine-tuning runs of those targets at every lr of the grid (`chosen`: the lr "
+                                    "dev picked; dev every epoch):", "", upper[1].to_markdown(index=False, floatfmt=".3g")]
     if diagnosis is not None and len(diag := diagnosis_lines(diagnosis, prof.target_length)):
         lines += ["", "**Diagnosis of the frozen row**", ""] + [f"- {c}" for c in diag] + ["", "Per target (%; `probe`: "
                   "linear probe on the same states, one deterministic record; `*_const`: the dev-selected probe predicts "

@@ -25,7 +25,7 @@ from .evidence import EXPERIMENTS, update_claims
 from .stats import claims_row, paired_bootstrap
 from .target import Features, extract_features, pooled_states, representation_id
 from .training import train_source_prefix
-from .transfer import check_params, prepare_data, profile_key, source_prefix_encoder, update_profile
+from .experiment import check_params, prepare_data, profile_key, source_prefix_encoder, update_profile
 
 # %% auto #0
 __all__ = ['EMBEDDING_STEPS', 'EMBEDDINGS', 'SCORE_METHODS', 'TRUTH_COLUMNS', 'METHOD_NAMES', 'KS', 'FULL_COST', 'METRICS',

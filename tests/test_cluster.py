@@ -131,7 +131,8 @@ def test_a_ray_run_killed_midway_resumes_locally(tmp_path, data_dir):
     pytest.importorskip("ray")
     import signal, tempfile, time
     from prefixrep.core import get_profile
-    from prefixrep.transfer import METHODS, run_transfer
+    from prefixrep.transfer import run_transfer
+    from prefixrep.experiment import METHODS
     res, cache = tmp_path / "res", tmp_path / "cache"
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX's limit
     script = tmp_path / "killed.py"
@@ -175,7 +176,8 @@ def test_table2_units_on_ray_match_the_local_run_and_resume_each_other(tmp_path,
     torch.set_num_threads(1)
     from prefixrep import core
     from prefixrep.cluster import run_units, table2_units, unit_params
-    from prefixrep.transfer import METHODS, run_transfer
+    from prefixrep.transfer import run_transfer
+    from prefixrep.experiment import METHODS
     scored = lambda led: {k: r["score"] for k, r in led.items() if r["method"] in METHODS}
     prof = core.get_profile("smoke", prefix_steps_by_task=(("mnli", 3),))  # a per-source budget, as `small` has
     # the local backend

@@ -101,7 +101,8 @@ def test_reparameterised_prefix_learns_through_its_mlp():
 
 def test_table2_compute_counts_only_its_own_source_prefixes():
     "Probes at another lr or parameterisation share task, seed and steps with Table 2's prefixes; their hours are not Table 2's."
-    from prefixrep.transfer import profile_key, table2_compute_hours
+    from prefixrep.transfer import table2_compute
+    from prefixrep.experiment import profile_key
     prof = get_profile("small")
     key = profile_key(prof, "data")["profile_hash"]
     assert prof.prefix_reparam  # small trains its prefixes through the MLP; a direct prefix at the same lr is a probe
@@ -111,5 +112,5 @@ def test_table2_compute_counts_only_its_own_source_prefixes():
     ledger = pd.DataFrame([{"method": "frozen", "task": "rte", "seed": 0, "steps": None, "lr": None, "seconds": 0.0,
                             "profile_hash": key, "tasks": None, "reparam": None},
                            rec(), rec(lr=prof.prefix_lr * 50), rec(reparam=None), rec(reparam=2 * prof.prefix_reparam)])
-    hours, seeds = table2_compute_hours(ledger, prof, "data")
-    assert seeds == [0] and hours == 1.0
+    hours, seeds = table2_compute(ledger, prof, "data")
+    assert seeds == [0] and hours.sum() == 1.0 and hours["prefix"] == 1.0

@@ -14,7 +14,7 @@ VERDICT = re.compile(r"\b(reproduced|contradicted|inconclusive)\b", re.I)
 @pytest.fixture(scope="module")
 def pool_splits(data_dir):
     from prefixrep.core import get_profile
-    from prefixrep.transfer import prepare_raw
+    from prefixrep.experiment import prepare_raw
     prof = get_profile("small")
     return prof, prepare_raw(prof, data_dir)
 

@@ -8,7 +8,7 @@ import pytest
 
 from prefixrep.core import Store, get_profile
 from prefixrep.removal import ROWS, removal_sets, run_removal, table3, update_profile
-from prefixrep.transfer import profile_key
+from prefixrep.experiment import profile_key
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ["rte", "mrpc", "cr", "mr", "mpqa", "boolq", "multirc", "cosmosqa"]

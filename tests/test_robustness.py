@@ -7,7 +7,8 @@ import torch
 
 from prefixrep.core import atomic_write, write_json
 from prefixrep.training import NonFiniteLoss, train_steps
-from prefixrep.transfer import check_params, run_transfer
+from prefixrep.transfer import run_transfer
+from prefixrep.experiment import check_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -92,11 +92,11 @@ def test_killed_run_resumes_without_losing_finished_units(tmp_path, data_dir):
 def test_committed_table2_records_still_match_the_small_profile():
     "Adding a profile field (e.g. `extract_dtype`) must not orphan the committed records: their hash is still small's."
     from prefixrep.core import get_profile
-    from prefixrep.transfer import profile_key
+    from prefixrep.experiment import profile_key
     hashes = {json.loads(p.read_text()).get("profile_hash") for p in (ROOT / "results" / "ledger").glob("*.json")}
     if not hashes - {None}: pytest.skip("no committed ledger records")
     from prefixrep.core import SMALL_BEFORE_CURVES
-    from prefixrep.transfer import update_profile
+    from prefixrep.experiment import update_profile
     before = get_profile("small", **SMALL_BEFORE_CURVES)  # the committed reports' small (budgets before the curves)
     assert profile_key(get_profile("small-v1"), "mirror")["profile_hash"] == profile_key(before, "mirror")["profile_hash"]
     assert profile_key(before, "mirror")["profile_hash"] in hashes                   # Table 2
@@ -107,7 +107,7 @@ def test_bf16_representations_are_their_own_units():
     "A bf16 profile hashes differently (its records never join fp32 Table 2 rows); bad dtypes fail early."
     from prefixrep.core import get_profile
     from prefixrep.target import extract_features
-    from prefixrep.transfer import profile_key
+    from prefixrep.experiment import profile_key
     fp32, bf16 = (profile_key(get_profile("small", extract_dtype=d), "mirror")["profile_hash"] for d in ("float32", "bfloat16"))
     assert fp32 != bf16
     from prefixrep.transfer import finetune_key  # fine-tuning uses no fixed representation: shared by both dtypes
@@ -121,11 +121,12 @@ def test_finetune_lr_is_chosen_on_seed_0_dev(tmp_path, data_dir):
     "With an lr grid, seed 0 runs every lr; each target's lr is the best on seed-0 dev, and Table 2 reads only those units."
     from prefixrep.core import Store, get_profile
     from prefixrep.transfer import run_transfer, table2_records
-    prof = get_profile("smoke", finetune_lrs=(1e-5, 1e-3), finetune_eval_every=1)
+    prof = get_profile("smoke", finetune_lrs=(1e-5, 1e-3), finetune_eval_every=1, checkpoint_every=1)
     for seed in (1, 0):  # a later seed first: it runs seed 0's grid itself
         run_transfer(seed, prof, data_dir, tmp_path / "r", tmp_path / "c", tmp_path / "rep", methods=("finetune",), progress=False)
     led = Store(tmp_path / "r", tmp_path / "c").ledger.frame()
     assert len(led) == 8 * 3 and led.curve.map(len).eq(prof.finetune_steps).all()  # dev at every step (eval_every 1)
+    assert not list((tmp_path / "c").rglob("ckpt/*.pt"))  # a recorded unit's resume checkpoint (written every step) is removed
     recs = table2_records(led, prof, data_dir)
     assert len(recs) == 16 and recs.groupby("task").lr.nunique().eq(1).all()
     for t, g in led[led.seed == 0].groupby("task"):
@@ -140,7 +141,7 @@ def test_target_rows_are_encoded_at_the_target_length(data_dir):
     "target_max_length truncates every target pair (and only targets) at its own length, and names a new Table 2 key."
     from prefixrep.core import get_profile
     from prefixrep.prefix import load_backbone
-    from prefixrep.transfer import prepare_data, profile_key
+    from prefixrep.experiment import prepare_data, profile_key
     prof = get_profile("smoke", target_tasks=("boolq", "multirc"), target_max_length=24)
     _, tok = load_backbone(prof.backbone)
     targets, sources, _ = prepare_data(prof, data_dir, tok)
@@ -153,7 +154,8 @@ def test_target_rows_are_encoded_at_the_target_length(data_dir):
 def test_per_source_prefix_budgets_name_the_units(tmp_path, data_dir):
     "prefix_steps_by_task trains each listed source for its own steps (the others for prefix_steps) and keys Table 2 by it."
     from prefixrep.core import Ledger, get_profile
-    from prefixrep.transfer import profile_key, run_transfer
+    from prefixrep.transfer import run_transfer
+    from prefixrep.experiment import profile_key
     prof = get_profile("smoke", target_tasks=("rte",), prefix_steps_by_task=(("sst2", 2),))
     run_transfer(0, prof, data_dir, tmp_path / "r", tmp_path / "c", tmp_path / "rep", methods=("prefix",), progress=False)
     steps = {r["task"]: r["steps"] for r in Ledger(tmp_path / "r" / "ledger").records() if r["method"] == "source_prefix"}

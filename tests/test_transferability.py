@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prefixrep.core import Store, get_profile
-from prefixrep.transfer import profile_key, update_profile
+from prefixrep.experiment import profile_key, update_profile
 from prefixrep.transferability import (EMBEDDING_STEPS, claims_rows, embedding_similarities, evaluate_methods, linear_cka, loto_scores,
                                        method_scores, prefix_embedding, random_metrics, ranking_metrics, ratio_interval,
                                        removal_truth, run_transferability, summarise_methods)
