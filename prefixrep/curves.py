@@ -16,12 +16,13 @@ import pandas as pd
 from .core import DIRECT_PREFIX, PLATEAU_GAIN, Profile, Store, curve_scores, plateau_step
 from .prefix import PrefixEncoder, load_backbone
 from .training import decode_predictions, train_multitask, train_source_prefix
-from .experiment import chance_accuracy, check_params, prepare_data, reparam_width
+from .experiment import chance_accuracy, check_params, latest_per_seed, prepare_data, profile_key, reparam_width
 
 # %% auto #0
-__all__ = ['CURVE_METHODS', 'ADOPT_GAIN', 'RULE_PROBE', 'curve_profile', 'run_curves', 'curve_frame', 'plateaus', 'curve_budgets',
-           'source_tasks', 'plot_learning_curves', 'report_text', 'write_curves', 'direct_profile', 'reparam_probes',
-           'probe_text', 'reparam_decision', 'decision_text']
+__all__ = ['CURVE_METHODS', 'ADOPT_GAIN', 'RULE_PROBE', 'TRANSFER_LOSS', 'curve_profile', 'run_curves', 'curve_frame', 'plateaus',
+           'curve_budgets', 'source_tasks', 'plot_learning_curves', 'report_text', 'write_curves', 'direct_profile',
+           'reparam_probes', 'probe_text', 'reparam_decision', 'decision_text', 'reparam_profile', 'prefix_row_dev',
+           'transfer_check', 'transfer_text']
 
 # %% ../nbs/12_curves.ipynb #5c2bf7df
 CURVE_METHODS = ("prefix", "multitask")
@@ -115,7 +116,9 @@ def plot_learning_curves(frame: pd.DataFrame, path: str | Path | None = None):
     import seaborn as sns
     sns.set_theme(style="whitegrid", context="paper")
     reparam = "prefix_direct" in set(frame.method)  # then the profile's prefixes are the MLP-reparameterised ones
-    names = {"prefix": "Prefix, MLP-reparameterised" if reparam else "Prefix (one per source)", "prefix_direct": "Prefix, trained directly (the paper's)", "multitask": "Multi-task model"}
+    names = {"prefix": "Prefix, MLP-reparameterised" if reparam else "Prefix, trained directly (the paper's)",
+             "prefix_direct": "Prefix, trained directly (the paper's)", "prefix_reparam": "Prefix, MLP-reparameterised (not adopted)",
+             "multitask": "Multi-task model"}
     df = frame.assign(Method=frame.method.map(names))
     g = sns.relplot(df, kind="line", x="step", y="dev", hue="Method", col="task", col_wrap=3, errorbar="sd", marker="o",
                     height=2.4, aspect=1.3, facet_kws=dict(sharey=False), hue_order=[n for m, n in names.items() if m in set(frame.method)])
@@ -230,5 +233,39 @@ def decision_text(d: dict) -> str:
     head = f"**Adoption rule** (width {d['width']}, lr {d['lr']:g}, seed {d['seed']}, cap {d['cap']} steps): "
     if not d["complete"]: return head + f"not decidable yet — every source needs a curve to the cap (best dev gains so far: {per})."
     return (head + f"best dev within the cap, reparameterised minus direct: {per}; mean {d['mean_gain']:+.2f} points against "
-            f"the threshold {ADOPT_GAIN:+.1f} → " + ("`small` adopts the reparameterisation." if d["adopt"]
+            f"the threshold {ADOPT_GAIN:+.1f} → " + ("the reparameterisation passes the rule's first half (source dev); the transfer check below decides." if d["adopt"]
                                                       else "`small` keeps the directly trained prefixes (the paper's method)."))
+
+# %% ../nbs/12_curves.ipynb #ff77046e
+TRANSFER_LOSS = 1.0  # points: the second half of the rule — how far the reparameterised prefixes' target dev may trail
+
+def reparam_profile(prof: Profile) -> Profile:
+    "The rule's reparameterised variant: `prof` itself if it trains through the MLP, else `prof` with `RULE_PROBE`'s width and lr."
+    return prof if prof.prefix_reparam else replace(prof, prefix_reparam=RULE_PROBE[0], prefix_lr=RULE_PROBE[1])
+
+def prefix_row_dev(ledger: pd.DataFrame, prof: Profile, data_dir, seed: int = 0) -> pd.Series:
+    "Per target, the dev accuracy (%) of `prof`'s Table 2 prefix row for `seed` (the newest record; NaN where none)."
+    key = profile_key(prof, data_dir)
+    if ledger.empty or "profile_hash" not in ledger: return pd.Series(np.nan, index=list(prof.target_tasks))
+    r = ledger[(ledger.method == "prefix") & (ledger.profile_hash == key["profile_hash"]) & (ledger.data == key["data"])
+               & (ledger.seed == seed)]
+    return 100 * latest_per_seed(r, ["task", "seed"]).set_index("task").dev.reindex(list(prof.target_tasks)).astype(float)
+
+def transfer_check(ledger: pd.DataFrame, prof: Profile, data_dir, seed: int = 0) -> dict:
+    """The rule's second half: per target, the prefix row's dev accuracy with the reparameterised prefixes minus with the
+    direct ones (points); `complete`: both rows have every target; `keep`: complete and the mean is above -TRANSFER_LOSS."""
+    gain = prefix_row_dev(ledger, reparam_profile(prof), data_dir, seed) - prefix_row_dev(ledger, direct_profile(prof), data_dir, seed)
+    complete = bool(gain.notna().all())
+    mean = float(gain.mean()) if complete else float("nan")
+    return {"seed": seed, "gain": gain.to_dict(), "mean_gain": mean, "complete": complete, "keep": complete and mean > -TRANSFER_LOSS}
+
+def transfer_text(d: dict, prof: Profile) -> str:
+    "The second half's verdict as a sentence, and whether `prof` follows it."
+    per = ", ".join(f"{t} {g:+.1f}" for t, g in d["gain"].items() if pd.notna(g)) or "none"
+    head = f"**Transfer check** (seed {d['seed']}, Table 2's prefix row, target dev): "
+    if not d["complete"]: return head + f"not decidable yet — both prefix rows need every target (reparameterised minus direct so far: {per})."
+    follows = (prof.prefix_reparam > 0) == d["keep"]
+    return (head + f"reparameterised minus direct: {per}; mean {d['mean_gain']:+.2f} points against −{TRANSFER_LOSS:.1f} → "
+            + ("the reparameterisation is kept." if d["keep"] else "the prefixes are trained directly (the paper's method).")
+            + ("" if follows else f" **Profile `{prof.name}` does not follow this verdict.**"))
+

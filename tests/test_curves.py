@@ -103,9 +103,9 @@ def test_table2_compute_counts_only_its_own_source_prefixes():
     "Probes at another lr or parameterisation share task, seed and steps with Table 2's prefixes; their hours are not Table 2's."
     from prefixrep.transfer import table2_compute
     from prefixrep.experiment import profile_key
-    prof = get_profile("small")
+    prof = get_profile("small-reparam")
     key = profile_key(prof, "data")["profile_hash"]
-    assert prof.prefix_reparam  # small trains its prefixes through the MLP; a direct prefix at the same lr is a probe
+    assert prof.prefix_reparam  # prefixes trained through the MLP; a direct prefix at the same lr is a probe
     rec = lambda **kw: {"method": "source_prefix", "task": "mnli", "seed": 0, "steps": prof.source_steps("mnli"),
                         "lr": prof.prefix_lr, "reparam": prof.prefix_reparam, "seconds": 3600.0, "profile_hash": None,
                         "tasks": None, **kw}
