@@ -20,15 +20,16 @@ from .data import get_task
 from .prefix import PrefixEncoder, load_backbone
 from .target import TargetJob, run_target_jobs, target_job
 from .training import train_multitask, train_source_prefix
-from .evidence import claim_sentence, update_claims
-from .stats import BootResult, claims_row, expected_max_normal, normal_result, unpaired_se
+from .evidence import claim_sentence, compare, correctness, update_claims, with_predictions
+from .stats import BootResult, claims_row, expected_max_normal, normal_result, oracle_null, unpaired_se
 from .experiment import (PAPER_TABLE2, check_params, describe_deviations, mean_std_cells, multitask_encoder,
                                   prepare_data, profile_key, sample_std, source_prefix_encoder, update_profile)
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'UNPAIRED', 'removal_sets', 'removed_label', 'check_removal_params',
-           'target_jobs', 'run_removal', 'removal_records', 'complete_seeds', 'select_subsets', 'aggregate', 'table3',
-           'removal_effects', 'wide3', 'claims3_rows', 'claims3', 'report_text3', 'effects_table', 'write_table3']
+           'target_jobs', 'run_removal', 'removal_records', 'complete_seeds', 'select_subsets', 'aggregate',
+           'table3_parts', 'table3', 'removal_effects', 'wide3', 'paired_gap', 'claims3_rows', 'oracle_null_avg',
+           'claims3', 'rows_text3', 'report_text3', 'effects_table', 'write_table3']
 
 # %% ../nbs/06_removal.ipynb #185fbdba
 PAPER_TABLE3 = {  # Huang et al. 2023, Table 3 (RoBERTa-large; "best results from all combinations of removal")
@@ -110,7 +111,8 @@ def removal_records(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.Da
     df["removed"] = [tuple(r) if isinstance(r, (list, tuple)) else () for r in df.removed]
     df["n_removed"] = df.removed.map(len)
     df["score"], df["dev"] = 100 * df.score, 100 * df.dev
-    return df[["method", "task", "seed", "removed", "n_removed", "dev", "score", "seconds"]].reset_index(drop=True)
+    preds = [c for c in ("config_hash", "pred_test", "rows_test", "pred_dev", "rows_dev") if c in df]  # for the paired intervals
+    return df[["method", "task", "seed", "removed", "n_removed", "dev", "score", "seconds", *preds]].reset_index(drop=True)
 
 def complete_seeds(rem: pd.DataFrame, sources: Sequence[str], max_removed: int) -> pd.DataFrame:
     """Only the (target, seed) pairs that have every candidate subset and the multi-task score: every row of
@@ -149,18 +151,23 @@ def aggregate(per_seed: pd.DataFrame, targets: Sequence[str]) -> list[dict]:
                                   dev=avg.dev.mean(), removed=""))
     return rows
 
+def table3_parts(rem: pd.DataFrame, sources: Sequence[str], max_removed: int) -> dict[tuple[str, str], pd.DataFrame]:
+    """Each row of Table 3 as its per-seed records, keyed (method, selection): multi-task, all prefixes, and the
+    dev-selected and oracle subsets for ≤1 … ≤`max_removed` removals (`rem`: `complete_seeds` records)."""
+    parts = {("multitask", "none"): rem[rem.method == "multitask"],
+             ("prefix", "none"): rem[(rem.method == "removal") & (rem.n_removed == 0)]}
+    for k in range(1, max_removed + 1):
+        for sel, by in (("dev", "dev"), ("oracle", "score")):
+            parts[f"remove_le{k}", sel] = select_subsets(rem, sources, k, by)
+    return parts
+
 def table3(ledger: pd.DataFrame, prof: Profile, data_dir=None, max_removed: int = 2) -> pd.DataFrame:
     """Long-format Table 3 (method, selection, task, mean, std, n_seeds, removed, dev, profile, backbone, paper) from
     ledger records: multi-task, all prefixes, and dev-selected / oracle subsets for ≤1 … ≤`max_removed` removals."""
     rem = removal_records(ledger, prof, data_dir)
     if rem.empty: return pd.DataFrame()
     sources, targets = list(prof.source_tasks), list(prof.target_tasks)
-    rem = complete_seeds(rem, sources, max_removed)
-    parts = {("multitask", "none"): rem[rem.method == "multitask"],
-             ("prefix", "none"): rem[(rem.method == "removal") & (rem.n_removed == 0)]}
-    for k in range(1, max_removed + 1):
-        for sel, by in (("dev", "dev"), ("oracle", "score")):
-            parts[f"remove_le{k}", sel] = select_subsets(rem, sources, k, by)
+    parts = table3_parts(complete_seeds(rem, sources, max_removed), sources, max_removed)
     rows = [dict(method=m, selection=s, **r) for (m, s), df in parts.items() if len(df) for r in aggregate(df, targets)]
     out = pd.DataFrame(rows)
     if out.empty: return out
@@ -224,56 +231,123 @@ def _row_gap(m: pd.Series, a: tuple, b: tuple, targets: Sequence[str], n_test: d
 
 UNPAIRED = "unpaired normal (conservative; these records predate per-example predictions)"
 
-def claims3_rows(long: pd.DataFrame, effects: pd.DataFrame, prof: Profile, n_test: dict | None) -> list[dict]:
+def paired_gap(a: pd.DataFrame, b: pd.DataFrame, targets: Sequence[str], results_dir) -> BootResult | None:
+    """Per-seed records `a` minus `b` on their `targets` average, in points, with the paired bootstrap over test rows
+    (whole passages where rows share one) and seeds (`evidence.compare`); None unless every record carries predictions."""
+    if results_dir is None or a.empty or b.empty: return None
+    frame = pd.concat([a.assign(method="A"), b.assign(method="B")], ignore_index=True)
+    if len(with_predictions(frame)) < len(frame): return None
+    return compare(frame, "A", "B", results_dir, targets)[0]
+
+def _gap(m: pd.Series, parts: dict, a: tuple, b: tuple, targets: Sequence[str], n_test: dict, results_dir) -> tuple[BootResult | None, str]:
+    "Row `a` minus row `b`: the paired interval where the records carry predictions, else the unpaired one; and its kind."
+    r = paired_gap(parts[a], parts[b], targets, results_dir) if a in parts and b in parts else None
+    return (r, "paired bootstrap") if r is not None else (_row_gap(m, a, b, targets, n_test), UNPAIRED)
+
+def _k_values(long: pd.DataFrame) -> list[int]:
+    return sorted({int(x[-1]) for x in long.method if x.startswith("remove_le")})
+
+def claims3_rows(long: pd.DataFrame, effects: pd.DataFrame, prof: Profile, n_test: dict | None,
+                 rem: pd.DataFrame | None = None, results_dir=None) -> list[dict]:
     """The paper's Table 3 claims as claims.csv rows: the dev-selected removal gains (≤1, ≤2), all prefixes vs
-    multi-task on these rows, and removing SST-2 for the NLI/commonsense targets; each with an unpaired interval from
-    the recorded accuracies and test rows (the paired bootstrap needs predictions these records do not carry)."""
+    multi-task on these rows, and removing SST-2 for the NLI/commonsense targets. Given the `complete_seeds` records
+    `rem` and a `results_dir` whose records carry predictions, each interval is the paired bootstrap over test rows and
+    seeds; otherwise an unpaired normal one from the recorded accuracies and test rows."""
     if not n_test or long.empty: return []
     m, targets, rows = long.set_index(["method", "selection", "task"])["mean"], list(prof.target_tasks), []
-    for k in sorted({int(x[-1]) for x in long.method if x.startswith("remove_le")}):
-        r = _row_gap(m, (f"remove_le{k}", "dev"), ("prefix", "none"), targets, n_test)
+    ks = _k_values(long)
+    parts = table3_parts(rem, list(prof.source_tasks), max(ks, default=0)) if rem is not None and len(rem) else {}
+    for k in ks:
+        r, kind = _gap(m, parts, (f"remove_le{k}", "dev"), ("prefix", "none"), targets, n_test, results_dir)
         if r is not None:
             rows.append(claims_row("table3", f"Removing at most {k} source task{'s' * (k > 1)} (subset chosen on dev) improves "
                                    "on all prefixes (8-target average)", r,
-                                   round(PAPER_TABLE3[f"remove_le{k}"]["Avg"] - PAPER_TABLE3["prefix"]["Avg"], 2), interval=UNPAIRED))
-    r = _row_gap(m, ("prefix", "none"), ("multitask", "none"), targets, n_test)
+                                   round(PAPER_TABLE3[f"remove_le{k}"]["Avg"] - PAPER_TABLE3["prefix"]["Avg"], 2), interval=kind))
+    r, kind = _gap(m, parts, ("prefix", "none"), ("multitask", "none"), targets, n_test, results_dir)
     if r is not None:
         rows.append(claims_row("table3", "All prefixes beat multi-task training on Table 3's target rows (8-target average)", r,
-                               round(PAPER_TABLE3["prefix"]["Avg"] - PAPER_TABLE3["multitask"]["Avg"], 2), interval=UNPAIRED))
+                               round(PAPER_TABLE3["prefix"]["Avg"] - PAPER_TABLE3["multitask"]["Avg"], 2), interval=kind))
     nli = [t for t in targets if get_task(t).task_type in ("NLI", "CR")]
     e = effects[(effects.source == "sst2") & effects.task.isin(nli)] if len(effects) else effects
     if "sst2" in prof.source_tasks and len(e) == len(nli):
-        terms = [(_acc(m, ("prefix", "none"), t) + d / 100 * s, n_test[t]) for t, d in zip(e.task, e.d_test) for s in (1, 0)]
-        se = unpaired_se(terms, [1 / len(nli)] * len(terms))
+        r, kind = None, UNPAIRED
+        if parts:
+            one = rem[(rem.method == "removal") & (rem.removed == ("sst2",)) & rem.task.isin(nli)]
+            base = parts["prefix", "none"]
+            r, kind = paired_gap(one, base[base.task.isin(nli)], nli, results_dir), "paired bootstrap"
+        if r is None:
+            terms = [(_acc(m, ("prefix", "none"), t) + d / 100 * s, n_test[t]) for t, d in zip(e.task, e.d_test) for s in (1, 0)]
+            r, kind = normal_result(e.d_test.mean(), unpaired_se(terms, [1 / len(nli)] * len(terms)), sum(n_test[t] for t in nli)), UNPAIRED
         rows.append(claims_row("table3", f"Removing SST-2 helps the NLI and commonsense targets ({', '.join(nli)}; mean change)",
-                               normal_result(e.d_test.mean(), se, sum(n_test[t] for t in nli)), np.nan, direction=1.0,
-                               interval=UNPAIRED))
+                               r, np.nan, direction=1.0, interval=kind))
     return rows
 
-def claims3(long: pd.DataFrame, effects: pd.DataFrame, prof: Profile, n_test: dict | None = None) -> list[str]:
+def oracle_null_avg(rem: pd.DataFrame, sources: Sequence[str], k: int, targets: Sequence[str], results_dir,
+                    n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """The oracle row's gain (per target the subset removing ≤ `k` with the best seed-mean test accuracy, minus all
+    prefixes; averaged over `targets`) against its null — every candidate subset exactly as good as all prefixes:
+    per target `stats.oracle_null` on the seed-averaged predictions, the targets' replicates averaged. Returns the
+    observed gain, the null's mean and 95% quantile, the p-value and K; None unless every record carries predictions."""
+    cands = removal_sets(sources, k)
+    r = rem[(rem.method == "removal") & rem.removed.isin(cands) & rem.task.isin(targets)]
+    if results_dir is None or r.empty or len(with_predictions(r)) < len(r): return None
+    obs, reps = [], []
+    for i, t in enumerate(targets):
+        g = r[r.task == t]
+        stack = lambda s: np.stack([correctness(x, results_dir) for _, x in g[g.removed == s].sort_values("seed").iterrows()])
+        if set(g.removed) != set(cands): return None
+        o = oracle_null([stack(s) for s in cands], stack(()), None, n_boot, seed + i)
+        obs.append(o.observed); reps.append(o.reps)
+    avg = np.mean(reps, axis=0)
+    return {"observed": float(np.mean(obs)), "expected": float(avg.mean()), "q_high": float(np.quantile(avg, 0.95)),
+            "p_value": float((1 + (avg >= np.mean(obs)).sum()) / (1 + n_boot)), "k": len(cands)}
+
+def _oracle_sentence(k: int, n_sets: int, o: float, paper: float, null: dict | None, r: BootResult) -> str:
+    head = (f"Oracle, removing at most {k} (best of {n_sets} subsets on test): {o:+.2f} Avg (paper {paper:+.2f}, also a best "
+            f"subset). ")
+    if null is not None:
+        return head + (f"If every subset were exactly as good as all prefixes, choosing the best of {n_sets} per target on these "
+                       f"test rows would gain {null['expected']:+.2f} on average by itself (95% of such choices stay below "
+                       f"{null['q_high']:+.2f}; per-example predictions, test rows resampled), so the oracle gain is "
+                       f"{o - null['expected']:+.2f} beyond selection noise (p = {null['p_value']:.3f})"
+                       + (": not evidence by itself." if o <= null["q_high"] else ": more than selection noise gives."))
+    null_ = r.se * expected_max_normal(n_sets)
+    return head + (f"Choosing the best of {n_sets} equally good subsets on test gains about {null_:+.2f} by itself "
+                   f"(σ·E[max of {n_sets} normals], σ = {r.se:.2f}: the unpaired standard error of one subset's difference, an "
+                   f"upper estimate), so the oracle gain is {o - null_:+.2f} points beyond what choosing alone gives"
+                   + (f", less than one σ: not evidence by itself." if o - null_ < r.se else f", more than one σ."))
+
+def claims3(long: pd.DataFrame, effects: pd.DataFrame, prof: Profile, n_test: dict | None = None,
+            rem: pd.DataFrame | None = None, results_dir=None) -> list[str]:
     """The paper's Table 3 claims as sentences: each claims.csv row (`claims3_rows`) with its interval and verdict, the
     oracle gains beside what choosing the best of K equally good subsets on test gives by itself, and ReCoRD's claim."""
     m, out = long.set_index(["method", "selection", "task"])["mean"], []
     targets = list(prof.target_tasks)
-    out += [claim_sentence(r) for r in claims3_rows(long, effects, prof, n_test)]
-    for k in sorted({int(x[-1]) for x in long.method if x.startswith("remove_le")}) if n_test else []:
+    out += [claim_sentence(r) for r in claims3_rows(long, effects, prof, n_test, rem, results_dir)]
+    for k in _k_values(long) if n_test else []:
         o, r = _gain(m, (f"remove_le{k}", "oracle")), _row_gap(m, (f"remove_le{k}", "dev"), ("prefix", "none"), targets, n_test)
         if o is None or r is None: continue
-        n_sets = len(removal_sets(prof.source_tasks, k))
-        null = r.se * expected_max_normal(n_sets)
-        out.append(f"Oracle, removing at most {k} (best of {n_sets} subsets on test): {o:+.2f} Avg (paper "
-                   f"{PAPER_TABLE3[f'remove_le{k}']['Avg'] - PAPER_TABLE3['prefix']['Avg']:+.2f}, also a best subset). "
-                   f"Choosing the best of {n_sets} equally good subsets on test gains about {null:+.2f} by itself "
-                   f"(σ·E[max of {n_sets} normals], σ = {r.se:.2f}: the unpaired standard error of one subset's difference, an "
-                   f"upper estimate), so the oracle gain is {o - null:+.2f} points beyond what choosing alone gives"
-                   + (f", less than one σ: not evidence by itself." if o - null < r.se else f", more than one σ."))
+        null = oracle_null_avg(rem, prof.source_tasks, k, targets, results_dir) if rem is not None and len(rem) else None
+        out.append(_oracle_sentence(k, len(removal_sets(prof.source_tasks, k)), o,
+                                    PAPER_TABLE3[f"remove_le{k}"]["Avg"] - PAPER_TABLE3["prefix"]["Avg"], null, r))
     out.append(_source_claim(effects, "record", [t for t in targets if get_task(t).task_type == "SA"], "the sentiment targets",
                              prof.source_tasks))
     return out
 
+def rows_text3(prof: Profile) -> str:
+    "Which target rows Table 3 scores on, against Table 2's."
+    up = update_profile(prof)
+    sizes = lambda p: (f"train ≤ {p.target_train_rows}, " + (f"dev ≤ {p.dev_rows} (at least {p.min_dev_rows}), test ≤ {p.test_rows} "
+                       "(the pool policy)" if p.eval_policy == "pool" else f"dev/test ≤ {p.eval_rows} (the paper's split policy)"))
+    if profile_key(up, None) == profile_key(prof, None):
+        return f"Table 3's target rows are Table 2's ({sizes(up)} per target): its multi-task row is Table 2's own units."
+    return (f"Table 3's target rows: {sizes(up)} per target (Table 2: {sizes(prof)}), so the multi-task and all-prefixes "
+            f"rows are re-scored on these rows and differ from Table 2's.")
+
 def report_text3(long: pd.DataFrame, effects: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_dir,
-                 n_test: dict | None = None) -> str:
-    "The prose of the Table 3 report: setup, claims, deviations, all computed from the ledger."
+                 n_test: dict | None = None, results_dir=None, max_removed: int = 2) -> str:
+    """The prose of the Table 3 report: setup, claims, deviations, all computed from the ledger (with `results_dir`,
+    the intervals of records that carry predictions are paired ones)."""
     up = update_profile(prof)
     rem = removal_records(ledger, prof, data_dir)
     seeds = sorted(int(s) for s in rem.seed.unique()) if not rem.empty else []
@@ -283,12 +357,11 @@ def report_text3(long: pd.DataFrame, effects: pd.DataFrame, ledger: pd.DataFrame
              f"by a target head per target and seed. Numbers are mean ± std over seeds of ledger records in "
              f"`results/ledger/`; {hours:.2f} h of recorded wall time of Table 3's own units (target heads and "
              f"representations, plus any retrain of a multi-task model whose cached weights were missing).")
-    dev = [f"Table 3's target rows: train ≤ {up.target_train_rows}, dev/test ≤ {up.eval_rows} per target (Table 2: "
-           f"{prof.target_train_rows} / {prof.eval_rows}), so the multi-task and all-prefixes rows are re-scored on these rows "
-           f"and differ from Table 2's.",
+    dev = [rows_text3(prof),
            "The paper reports the best subset without naming the split it was chosen on; we give both the dev-selected "
            "and the test-selected (oracle) subset."] + describe_deviations(up, data_dir)
-    return "\n".join([setup, "", "**Claims**", ""] + [f"- {c}" for c in claims3(long, effects, prof, n_test)]
+    full = complete_seeds(rem, list(prof.source_tasks), max_removed) if not rem.empty else None
+    return "\n".join([setup, "", "**Claims**", ""] + [f"- {c}" for c in claims3(long, effects, prof, n_test, full, results_dir)]
                      + ["", "**Deviations from the paper**", ""] + [f"- {d}" for d in dev])
 
 def effects_table(effects: pd.DataFrame) -> pd.DataFrame:

@@ -208,6 +208,7 @@ class OracleNull:
     p_value: float       # share of null replicates >= observed (with the +1 correction)
     k: int
     gains: np.ndarray = field(repr=False, compare=False, default=None)   # each candidate's observed gain
+    reps: np.ndarray = field(repr=False, compare=False, default=None)    # the null's best-of-k replicates
 
 def oracle_null(candidates: Sequence, reference, clusters=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> OracleNull:
     """Null distribution of the best-on-test gain over `reference` among `candidates` (each per-row results [n_rows] or
@@ -224,7 +225,7 @@ def oracle_null(candidates: Sequence, reference, clusters=None, n_boot: int = 20
         reps[i:i + len(W)] = 100 * ((W @ sums.T) / (W @ size)[:, None]).max(1)
     obs = float(gains.max())
     return OracleNull(obs, int(gains.argmax()), float(reps.mean()), float(np.quantile(reps, level)),
-                      float((1 + (reps >= obs).sum()) / (1 + n_boot)), len(D), gains)
+                      float((1 + (reps >= obs).sum()) / (1 + n_boot)), len(D), gains, reps)
 
 # %% ../nbs/09_stats.ipynb #d93464e1
 def is_constant(predictions) -> bool:
