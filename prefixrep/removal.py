@@ -179,11 +179,12 @@ def table3(ledger: pd.DataFrame, prof: Profile, data_dir=None, max_removed: int 
     out["_o"] = [order[m, s] * 100 + tasks.index(t) for m, s, t in zip(out.method, out.selection, out.task)]
     return out.sort_values("_o").drop(columns="_o").reset_index(drop=True)
 
-def removal_effects(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
+def removal_effects(ledger: pd.DataFrame, prof: Profile, data_dir=None, results_dir=None) -> pd.DataFrame:
     """Effect of removing each single source: (target, removed source) → mean over seeds of the change in test and
-    dev accuracy (points) against the all-prefixes set of the same seed."""
+    dev accuracy (points) against the all-prefixes set of the same seed; with `results_dir`, where the records carry
+    predictions, the test change's 95% paired-bootstrap interval (`ci_low`, `ci_high`; test rows and seeds)."""
     rem = removal_records(ledger, prof, data_dir)
-    if rem.empty: return pd.DataFrame(columns=["task", "source", "d_test", "d_dev", "n_seeds"])
+    if rem.empty: return pd.DataFrame(columns=["task", "source", "d_test", "d_dev", "n_seeds", "ci_low", "ci_high"])
     rem = rem[rem.method == "removal"]
     base = rem[rem.n_removed == 0].set_index(["task", "seed"])[["score", "dev"]]
     one = rem[rem.n_removed == 1].assign(source=lambda d: d.removed.map(lambda r: r[0]))
@@ -191,6 +192,10 @@ def removal_effects(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.Da
     one = one.assign(d_test=one.score - one.score_all, d_dev=one.dev - one.dev_all)
     out = one.groupby(["task", "source"]).agg(d_test=("d_test", "mean"), d_dev=("d_dev", "mean"),
                                               n_seeds=("seed", "nunique")).reset_index()
+    base_recs = rem[rem.n_removed == 0]
+    gaps = [paired_gap(rem[(rem.n_removed == 1) & (rem.task == t) & (rem.removed == (s,))], base_recs[base_recs.task == t],
+                       [t], results_dir) if results_dir is not None else None for t, s in zip(out.task, out.source)]
+    out["ci_low"], out["ci_high"] = [g.ci_low if g else np.nan for g in gaps], [g.ci_high if g else np.nan for g in gaps]
     order = {x: i for i, x in enumerate([*prof.target_tasks, *prof.source_tasks])}
     return out.sort_values(["task", "source"], key=lambda c: c.map(order)).reset_index(drop=True)
 
@@ -367,7 +372,9 @@ def report_text3(long: pd.DataFrame, effects: pd.DataFrame, ledger: pd.DataFrame
 def effects_table(effects: pd.DataFrame) -> pd.DataFrame:
     "Targets × removed source: 'Δtest (Δdev)' in points."
     if effects.empty: return pd.DataFrame()
-    e = effects.assign(cell=[f"{a:+.2f} ({b:+.2f})" for a, b in zip(effects.d_test, effects.d_dev)])
+    ci = lambda lo, hi: f" [{lo:+.1f}, {hi:+.1f}]" if pd.notna(lo) else ""
+    e = effects.assign(cell=[f"{a:+.2f}{ci(lo, hi)} ({b:+.2f})" for a, b, lo, hi in
+                             zip(effects.d_test, effects.d_dev, effects.get("ci_low", np.nan), effects.get("ci_high", np.nan))])
     w = e.pivot(index="task", columns="source", values="cell")
     return w.loc[[t for t in TARGET_TASKS if t in w.index], list(dict.fromkeys(effects.source))]
 
