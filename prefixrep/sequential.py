@@ -5,12 +5,14 @@
 # %% ../nbs/07_sequential.ipynb #f1938cb2
 from __future__ import annotations
 
+import functools
+
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,15 +22,16 @@ from .data import get_task
 from .prefix import PrefixEncoder, load_backbone
 from .target import run_target_jobs, target_job
 from .training import MLPHead, head_outputs, multitask_unit, train_multitask, train_source_prefix
-from .evidence import claim_sentence, update_claims
-from .stats import BootResult, claims_row, normal_result, unpaired_se
+from .evidence import claim_sentence, clusters, correctness, has_predictions, update_claims
+from .stats import BootResult, claims_row, normal_result, paired_bootstrap_avg, unpaired_se
 from .experiment import (METHOD_NAMES, check_params, describe_deviations, prepare_data, profile_key,
                                   update_profile)
 
 # %% auto #0
-__all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'task_orders', 'schedule', 'round_unit', 'SequentialRun', 'round_plan',
-           'run_sequential', 'figure2_frame', 'plot_figure2', 'average_standard_error', 'figure2_claim_rows',
-           'figure2_claims', 'parameter_counts', 'update_cost', 'per_round_table', 'figure2_report', 'write_figure2']
+__all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'UNPAIRED2', 'task_orders', 'schedule', 'round_unit', 'SequentialRun', 'round_plan',
+           'run_sequential', 'figure2_frame', 'plot_figure2', 'average_standard_error', 'round_evidence', 'round_runs',
+           'paired_rounds', 'figure2_claim_rows', 'figure2_claims', 'parameter_counts', 'update_cost',
+           'per_round_table', 'figure2_report', 'write_figure2']
 
 # %% ../nbs/07_sequential.ipynb #47380d5b
 PAPER_ORDERS: tuple[tuple[str, ...], ...] = (  # Huang et al. 2023, Appendix B.1, in the paper's order
@@ -124,6 +127,7 @@ class SequentialRun:
             mine = dict(zip(self.prof.target_tasks, recs[i * len(p["jobs"]):(i + 1) * len(p["jobs"])]))
             scores = {t: r["score"] for t, r in mine.items()}
             out = {"scores": scores, "dev": {t: r["dev"] for t, r in mine.items()}, "avg_score": float(np.mean(list(scores.values()))),
+                   "units": {t: r["config_hash"] for t, r in mine.items()},  # each target head's record: its predictions
                    "train_seconds": round(p["train_seconds"], 2), "score_seconds": round(sum(r["seconds"] for r in mine.values()), 2)}
             self.store.ledger.run(p["cfg"], lambda out=out: {**out, "seconds": round(out["train_seconds"] + out["score_seconds"], 2)})
             if p["weights"] is not None: p["weights"].unlink(missing_ok=True)
@@ -178,7 +182,7 @@ def figure2_frame(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.Data
     """Long frame (method, steps_per_round, order, round, added, tasks, avg_score, per-target scores, seed, profile,
     backbone) of every recorded round of `prof` (its update caps applied), all seeds; scores in %."""
     key = profile_key(update_profile(prof), data_dir)
-    cols = ["method", "steps_per_round", "order", "round", "added", "tasks", "avg_score", "seed", "profile", "backbone"]
+    cols = ["method", "steps_per_round", "order", "round", "added", "tasks", "avg_score", "seed", "profile", "backbone", "units"]
     if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame(columns=cols)
     recs = ledger[(ledger.method == "figure2_round") & (ledger.profile_hash == key["profile_hash"])]
     sched = schedule(prof)
@@ -186,7 +190,8 @@ def figure2_frame(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.Data
     for _, r in recs.iterrows():
         tasks, seed = tuple(sorted(r.tasks)), int(r.seed)
         scores = {t: 100 * v for t, v in r.scores.items()}
-        common = dict(avg_score=100 * r.avg_score, seed=seed, profile=prof.name, backbone=prof.backbone, **scores)
+        units = r.get("units") if isinstance(r.get("units"), dict) else None  # rounds recorded before predictions have none
+        common = dict(avg_score=100 * r.avg_score, seed=seed, profile=prof.name, backbone=prof.backbone, units=units, **scores)
         if r.approach == "frozen":  # round 0 of both methods, in every panel and order
             for m in SEQ_METHODS:
                 for b in prof.sequential_budgets:
@@ -226,40 +231,80 @@ def average_standard_error(frame: pd.DataFrame, n_test: dict) -> float:
     p, n = np.array([frame[t].mean() / 100 for t in ts]), np.array([n_test[t] for t in ts], float)
     return 100 * float(np.sqrt(np.sum(p * (1 - p) / n))) / len(ts)
 
-def figure2_claim_rows(frame: pd.DataFrame, n_test: dict | None) -> list[dict]:
+def round_evidence(ledger: pd.DataFrame, results_dir) -> Callable[[str], tuple[np.ndarray, str] | None]:
+    """A lookup from a target head's `config_hash` (a round's `units`) to (its per-row test correctness, its rows key),
+    or None where the record is missing or carries no predictions; cached, as orders share rounds."""
+    by = ledger.drop_duplicates("config_hash", keep="last").set_index("config_hash") if "config_hash" in ledger else pd.DataFrame()
+    @functools.cache
+    def look(key: str) -> tuple[np.ndarray, str] | None:
+        if key not in by.index or not has_predictions(by.loc[key]): return None
+        return correctness(by.loc[key], results_dir), by.loc[key, "rows_test"]
+    return look
+
+def round_runs(frame: pd.DataFrame, ev: Callable, method: str, budget: int, target: str) -> tuple[np.ndarray, str] | None:
+    """[seeds, test rows]: per seed, the mean over the frame's rounds 1..M (orders × rounds, as the figure averages them)
+    of `method`'s per-row correctness on `target` at `budget`; with the rows key. None where any round lacks predictions."""
+    f = frame[(frame.method == method) & (frame.steps_per_round == budget) & (frame["round"] > 0)]
+    if f.empty: return None
+    per_seed, key = [], None
+    for _, g in f.groupby("seed"):
+        got = [ev(u[target]) if isinstance(u, dict) and target in u else None for u in g.units]
+        if any(x is None for x in got) or len({k for _, k in got}) != 1: return None
+        per_seed.append(np.mean([c for c, _ in got], axis=0)); key = got[0][1]
+    return np.stack(per_seed), key
+
+def paired_rounds(frame: pd.DataFrame, ev: Callable | None, results_dir, pairs: Sequence[tuple[tuple, float]],
+                  targets: Sequence[str]) -> BootResult | None:
+    """The signed sum `pairs` [((budget, method), ±1), ...] of the figure's round means, averaged over `targets`, with
+    the paired bootstrap over test rows (clusters) and seeds; None unless every round carries predictions."""
+    if ev is None: return None
+    per = {}
+    for t in targets:
+        runs = [(round_runs(frame, ev, m, b, t), s) for (b, m), s in pairs]
+        if any(r is None for r, _ in runs) or len({r[0].shape for r, _ in runs}) != 1 or len({r[1] for r, _ in runs}) != 1: return None
+        plus = sum(r[0] for r, s in runs if s > 0); minus = sum(r[0] for r, s in runs if s < 0)
+        per[t] = (plus, minus, clusters(results_dir, runs[0][0][1]))
+    return paired_bootstrap_avg(per)[0]
+
+UNPAIRED2 = "unpaired normal (conservative; round records carry no per-example predictions)"
+
+def figure2_claim_rows(frame: pd.DataFrame, n_test: dict | None, ev: Callable | None = None, results_dir=None) -> list[dict]:
     """The paper's two Figure 2 observations as claims.csv rows, on rounds 1..M (mean over rounds, orders and seeds):
     per budget, prefix − multi-task; and how much more multi-task loses than prefix when the budget per round drops
-    (a difference of differences). The paper's figure gives directions, not numbers. Intervals are unpaired normal
-    ones from the recorded per-target accuracies (these round records carry no per-example predictions)."""
+    (a difference of differences). The paper's figure gives directions, not numbers. With `ev` (`round_evidence`) and
+    rounds that name their heads' records, the interval is the paired bootstrap over test rows and seeds; otherwise an
+    unpaired normal one from the recorded per-target accuracies."""
     f = frame[frame["round"] > 0]
     ts = [t for t in (n_test or {}) if t in f]
     if not ts or not set(SEQ_METHODS) <= set(f.method): return []
     acc = f.groupby(["steps_per_round", "method"])[ts].mean() / 100     # [budget, method] x target, in 0..1
     w, n = 1 / len(ts), sum(n_test[t] for t in ts)
-    def gap(pairs: list[tuple[tuple, float]]) -> BootResult:
+    def gap(pairs: list[tuple[tuple, float]]) -> tuple[BootResult, str]:
+        r = paired_rounds(f, ev, results_dir, pairs, ts)
+        if r is not None: return r, "paired bootstrap"
         est = 100 * sum(s * w * acc.loc[k, t] for k, s in pairs for t in ts)
         terms = [(acc.loc[k, t], n_test[t]) for k, s in pairs for t in ts]
-        return normal_result(est, unpaired_se(terms, [w] * len(terms)), n)
-    kind = "unpaired normal (conservative; round records carry no per-example predictions)"
-    rows = [claims_row("figure2", f"{b:,} steps per round: prefix-based beats multi-task training over rounds 1-{f['round'].max()}"
-                       " (mean over rounds, orders, seeds)", gap([((b, "prefix"), 1), ((b, "multitask"), -1)]), np.nan,
-                       direction=1.0, interval=kind) for b in sorted(acc.index.get_level_values(0).unique())]
+        return normal_result(est, unpaired_se(terms, [w] * len(terms)), n), UNPAIRED2
+    rows = []
+    for b in sorted(acc.index.get_level_values(0).unique()):
+        r, kind = gap([((b, "prefix"), 1), ((b, "multitask"), -1)])
+        rows.append(claims_row("figure2", f"{b:,} steps per round: prefix-based beats multi-task training over rounds 1-{f['round'].max()}"
+                               " (mean over rounds, orders, seeds)", r, np.nan, direction=1.0, interval=kind))
     budgets = sorted(acc.index.get_level_values(0).unique())
     if len(budgets) >= 2:
         lo, hi = budgets[0], budgets[-1]
+        r, kind = gap([((hi, "multitask"), 1), ((lo, "multitask"), -1), ((hi, "prefix"), -1), ((lo, "prefix"), 1)])
         rows.append(claims_row("figure2", f"From {hi:,} to {lo:,} steps per round multi-task training loses more than "
-                               "prefix-based training (difference of the two drops)",
-                               gap([((hi, "multitask"), 1), ((lo, "multitask"), -1), ((hi, "prefix"), -1), ((lo, "prefix"), 1)]),
-                               np.nan, direction=1.0, interval=kind))
+                               "prefix-based training (difference of the two drops)", r, np.nan, direction=1.0, interval=kind))
     return rows
 
-def figure2_claims(frame: pd.DataFrame, n_test: dict | None = None) -> list[str]:
+def figure2_claims(frame: pd.DataFrame, n_test: dict | None = None, ev: Callable | None = None, results_dir=None) -> list[str]:
     """The paper's two Figure 2 observations, each checked against our rounds (1..M, mean over orders and seeds);
     with `n_test` (test rows per target) a last line gives the scale of test-set noise."""
     f = frame[frame["round"] > 0]
     mean = f.groupby(["steps_per_round", "method", "round"]).avg_score.mean().unstack("method")
     if not set(SEQ_METHODS) <= set(mean.columns): return ["Both methods are needed to check the paper's claims."]
-    out = [claim_sentence(r) for r in figure2_claim_rows(frame, n_test)]
+    out = [claim_sentence(r) for r in figure2_claim_rows(frame, n_test, ev, results_dir)]
     for b, g in mean.groupby(level="steps_per_round"):
         gap = (g["prefix"] - g["multitask"]).droplevel(0)
         wins = [int(r) for r in gap.index if gap[r] > 0]
@@ -338,7 +383,7 @@ def per_round_table(frame: pd.DataFrame) -> pd.DataFrame:
     return t
 
 def figure2_report(frame: pd.DataFrame, cost: pd.DataFrame, prof: Profile, data_dir, counts: dict,
-                   n_test: dict | None = None) -> str:
+                   n_test: dict | None = None, ev: Callable | None = None, results_dir=None) -> str:
     "The prose of the Figure 2 report: claims, per-round means, measured update cost, orders run, deviations; all computed."
     seeds = sorted(int(s) for s in frame.seed.unique()) if len(frame) else []
     orders = task_orders(prof.source_tasks, prof.sequential_orders)
@@ -361,7 +406,7 @@ def figure2_report(frame: pd.DataFrame, cost: pd.DataFrame, prof: Profile, data_
     lines = [f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds}; every number is computed from the "
              f"`figure2_round` records in the ledger (mean over orders and seeds; the band in the figure is ± one "
              f"standard deviation).", "", "![Figure 2](figure2.png)", "", "**Claims**", ""] + \
-            [f"- {c}" for c in figure2_claims(frame, n_test)] + \
+            [f"- {c}" for c in figure2_claims(frame, n_test, ev, results_dir)] + \
             ["", "**Average target accuracy per round** (mean over orders and seeds; round 0 = the frozen encoder)", "",
              per_round_table(frame).to_markdown() if len(frame) else "(no rounds recorded)", "",
              "**Measured update cost** (one source task; wall time = mean of the ledger's training units on this "
@@ -378,7 +423,7 @@ def figure2_report(frame: pd.DataFrame, cost: pd.DataFrame, prof: Profile, data_
 def write_figure2(frame: pd.DataFrame, text: str, reports_dir: str | Path) -> list[Path]:
     "Write figure2.csv (long), figure2.png/.pdf (the plot) and figure2.md (the report)."
     reports_dir = Path(reports_dir); reports_dir.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(reports_dir / "figure2.csv", index=False, float_format="%.4f")
+    frame.drop(columns="units", errors="ignore").to_csv(reports_dir / "figure2.csv", index=False, float_format="%.4f")
     import matplotlib.pyplot as plt
     plt.close(plot_figure2(frame, reports_dir / "figure2.png"))
     (reports_dir / "figure2.md").write_text("# Figure 2 — sequentially adding source tasks\n\n" + text + "\n")
