@@ -27,7 +27,7 @@ __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'project_
            'shingles', 'overlap_filter', 'train_texts', 'decontaminate', 'load_run_data', 'encode_all',
            'chance_accuracy', 'update_profile', 'prepare_raw', 'pool_targets', 'prepare_data', 'profile_key',
            'reparam_width', 'source_prefix_encoder', 'multitask_encoder', 'latest_per_seed', 'mean_std_cells',
-           'sample_std', 'length_text', 'budget_text', 'describe_deviations']
+           'sample_std', 'length_text', 'target_rows_text', 'budget_text', 'describe_deviations']
 
 # %% ../nbs/04a_experiment.ipynb #2ffa5984
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -225,6 +225,11 @@ def length_text(prof: Profile) -> str:
     "The max lengths of a profile, in words."
     return (f"max length {prof.max_length} tokens" if prof.target_length == prof.max_length else
             f"max length {prof.max_length} tokens for source pairs, {prof.target_length} for every target row")
+
+def target_rows_text(prof: Profile) -> str:
+    "A profile's target rows per target, in words: the train cap and how dev/test are made (e.g. `update_profile(prof)`'s)."
+    pool = f"dev ≤ {prof.dev_rows} (at least {prof.min_dev_rows}), test ≤ {prof.test_rows} (the pool policy)"
+    return f"train ≤ {prof.target_train_rows}, " + (pool if prof.eval_policy == "pool" else f"dev/test ≤ {prof.eval_rows} (the paper's split policy)")
 
 def budget_text(prof: Profile) -> str:
     "The training budgets of a profile and how each checkpoint is chosen, in words."

@@ -24,7 +24,7 @@ from .removal import removed_label, target_jobs
 from .target import representation_id, run_target_jobs
 from .training import device_of, train_source_prefix
 from .experiment import (check_params, latest_per_seed, prepare_data, profile_key, source_prefix_encoder,
-                                  update_profile)
+                                  target_rows_text, update_profile)
 
 # %% auto #0
 __all__ = ['TABLE3_MAX_REMOVED', 'AVERAGE', 'PARTS', 'CLAIMS', 'active_subsets', 'subset_method', 'add_average_prefix',
@@ -313,8 +313,7 @@ def report_text(rows: pd.DataFrame, diffs: pd.DataFrame, att: pd.DataFrame, prof
     "Setup, the three results in sentences, and what they mean; computed from the tables."
     up, n = update_profile(prof), len(prof.source_tasks)
     out = [f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {list(seeds)}; {n} source prefixes "
-           f"({', '.join(prof.source_tasks)}), Table 2's units; target heads on Table 3's rows (train ≤ {up.target_train_rows}, "
-           f"dev/test ≤ {up.eval_rows}). Intervals: 95%, test rows (clusters) and runs resampled (`cell_intervals`, "
+           f"({', '.join(prof.source_tasks)}), Table 2's units; target heads on Table 3's rows ({target_rows_text(up)}). Intervals: 95%, test rows (clusters) and runs resampled (`cell_intervals`, "
            f"`compare`); rows without per-example predictions show the plain mean.", ""]
     r = rows.set_index("row") if len(rows) else rows
     ks = [x for x in r.index if str(x).startswith("k=")] if len(r) else []

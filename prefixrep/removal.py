@@ -23,7 +23,7 @@ from .training import train_multitask, train_source_prefix
 from .evidence import claim_sentence, compare, correctness, update_claims, with_predictions
 from .stats import BootResult, claims_row, expected_max_normal, normal_result, oracle_null, unpaired_se
 from .experiment import (PAPER_TABLE2, check_params, describe_deviations, mean_std_cells, multitask_encoder,
-                                  prepare_data, profile_key, sample_std, source_prefix_encoder, update_profile)
+                                  prepare_data, profile_key, sample_std, source_prefix_encoder, target_rows_text, update_profile)
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'ROWS', 'ROW_NAMES', 'UNPAIRED', 'removal_sets', 'removed_label', 'check_removal_params',
@@ -342,11 +342,9 @@ def claims3(long: pd.DataFrame, effects: pd.DataFrame, prof: Profile, n_test: di
 def rows_text3(prof: Profile) -> str:
     "Which target rows Table 3 scores on, against Table 2's."
     up = update_profile(prof)
-    sizes = lambda p: (f"train ≤ {p.target_train_rows}, " + (f"dev ≤ {p.dev_rows} (at least {p.min_dev_rows}), test ≤ {p.test_rows} "
-                       "(the pool policy)" if p.eval_policy == "pool" else f"dev/test ≤ {p.eval_rows} (the paper's split policy)"))
     if profile_key(up, None) == profile_key(prof, None):
-        return f"Table 3's target rows are Table 2's ({sizes(up)} per target): its multi-task row is Table 2's own units."
-    return (f"Table 3's target rows: {sizes(up)} per target (Table 2: {sizes(prof)}), so the multi-task and all-prefixes "
+        return f"Table 3's target rows are Table 2's ({target_rows_text(up)} per target): its multi-task row is Table 2's own units."
+    return (f"Table 3's target rows: {target_rows_text(up)} per target (Table 2: {target_rows_text(prof)}), so the multi-task and all-prefixes "
             f"rows are re-scored on these rows and differ from Table 2's.")
 
 def report_text3(long: pd.DataFrame, effects: pd.DataFrame, ledger: pd.DataFrame, prof: Profile, data_dir,
