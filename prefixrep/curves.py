@@ -19,10 +19,11 @@ from .training import decode_predictions, train_multitask, train_source_prefix
 from .experiment import chance_accuracy, check_params, latest_per_seed, prepare_data, profile_key, reparam_width
 
 # %% auto #0
-__all__ = ['CURVE_METHODS', 'ADOPT_GAIN', 'RULE_PROBE', 'TRANSFER_LOSS', 'curve_profile', 'run_curves', 'curve_frame', 'plateaus',
-           'curve_budgets', 'source_tasks', 'plot_learning_curves', 'report_text', 'write_curves', 'direct_profile',
-           'reparam_probes', 'probe_text', 'reparam_decision', 'decision_text', 'reparam_profile', 'prefix_row_dev',
-           'transfer_check', 'transfer_text']
+__all__ = ['CURVE_METHODS', 'ADOPT_GAIN', 'RULE_PROBE', 'TRANSFER_LOSS', 'PROBE_TASKS', 'curve_profile', 'run_curves',
+           'curve_frame', 'plateaus', 'curve_budgets', 'source_tasks', 'plot_learning_curves', 'report_text',
+           'write_curves', 'direct_profile', 'reparam_probes', 'probe_text', 'reparam_decision', 'decision_text',
+           'reparam_profile', 'prefix_row_dev', 'transfer_check', 'transfer_text', 'representation_probes',
+           'probes_text']
 
 # %% ../nbs/12_curves.ipynb #5c2bf7df
 CURVE_METHODS = ("prefix", "multitask")
@@ -268,4 +269,39 @@ def transfer_text(d: dict, prof: Profile) -> str:
     return (head + f"reparameterised minus direct: {per}; mean {d['mean_gain']:+.2f} points against −{TRANSFER_LOSS:.1f} → "
             + ("the reparameterisation is kept." if d["keep"] else "the prefixes are trained directly (the paper's method).")
             + ("" if follows else f" **Profile `{prof.name}` does not follow this verdict.**"))
+
+
+# %% ../nbs/12_curves.ipynb #9f2983bf
+PROBE_TASKS = ("cr", "mr", "mpqa", "rte")  # single-view targets the probe reads (sentiment and NLI)
+
+def representation_probes(prof: Profile, targets: dict, results_dir, pad_id: int, seeds: Sequence[int] = (0, 1),
+                          tasks: Sequence[str] = PROBE_TASKS) -> pd.DataFrame:
+    """Linear-probe dev accuracy (%) per (seed, representation, target): the frozen encoder (once), and Table 2's six
+    source prefixes, all active, for the direct and the reparameterised profile of every seed that has all six
+    recorded (`library_records`; nothing is trained here)."""
+    from prefixrep.library import library_records
+    from prefixrep.mechanism import linear_probe, pooled_states
+    from prefixrep.prefix import load_prefix
+    variants, rows = {"frozen": None, "direct": direct_profile(prof), "reparameterised": reparam_profile(prof)}, []
+    for seed in seeds:
+        for name, p in variants.items():
+            if name == "frozen" and seed != seeds[0]: continue
+            enc = PrefixEncoder(load_backbone(prof.backbone)[0], prof.prefix_length)
+            if p is not None:
+                try: recs = library_records(results_dir, p, seed)
+                except ValueError: continue  # this seed's six prefixes are not all recorded yet
+                enc.set_active([load_prefix(enc, Path(results_dir) / r["prefix_file"], name=r["task"]) for r in recs])
+            for t in tasks:
+                tr, dv = targets[t]["train"], targets[t]["dev"]
+                acc = linear_probe(pooled_states(enc, tr, pad_id), [e.label for e in tr], pooled_states(enc, dv, pad_id), [e.label for e in dv])
+                rows.append(dict(seed=seed, representation=name, task=t, probe_dev=100 * acc))
+    return pd.DataFrame(rows, columns=["seed", "representation", "task", "probe_dev"])
+
+def probes_text(probes: pd.DataFrame) -> str:
+    "The probes as a report paragraph and table (dev accuracy %, per representation and seed)."
+    if probes.empty: return ""
+    t = probes.pivot_table(index=["representation", "seed"], columns="task", values="probe_dev").round(1)
+    t["mean"] = t.mean(axis=1).round(1)
+    return ("**Linear probe** (nbs/15 `linear_probe`: logistic regression on pooled last-layer states of Table 2's train "
+            "rows, dev accuracy %; all six prefixes active):\n\n" + t.to_markdown())
 
