@@ -20,7 +20,7 @@ from .data import get_task
 from .prefix import PrefixEncoder, load_backbone
 from .target import TargetJob, run_target_jobs, target_job
 from .training import train_multitask, train_source_prefix
-from .evidence import claim_sentence, compare, correctness, update_claims, with_predictions
+from .evidence import claim_sentence, clusters, compare, correctness, update_claims, with_predictions
 from .stats import BootResult, claims_row, expected_max_normal, normal_result, oracle_null, unpaired_se
 from .experiment import (PAPER_TABLE2, check_params, describe_deviations, mean_std_cells, multitask_encoder,
                                   prepare_data, profile_key, sample_std, source_prefix_encoder, target_rows_text, update_profile)
@@ -192,8 +192,8 @@ def removal_effects(ledger: pd.DataFrame, prof: Profile, data_dir=None, results_
     one = one.assign(d_test=one.score - one.score_all, d_dev=one.dev - one.dev_all)
     out = one.groupby(["task", "source"]).agg(d_test=("d_test", "mean"), d_dev=("d_dev", "mean"),
                                               n_seeds=("seed", "nunique")).reset_index()
-    base_recs = rem[rem.n_removed == 0]
-    gaps = [paired_gap(rem[(rem.n_removed == 1) & (rem.task == t) & (rem.removed == (s,))], base_recs[base_recs.task == t],
+    both = lambda d, t, s: d[d.seed.isin(one[(one.task == t) & (one.source == s)].seed)]  # the seeds d_test averages
+    gaps = [paired_gap(both(rem[(rem.task == t) & (rem.removed == (s,))], t, s), both(rem[(rem.task == t) & (rem.n_removed == 0)], t, s),
                        [t], results_dir) if results_dir is not None else None for t, s in zip(out.task, out.source)]
     out["ci_low"], out["ci_high"] = [g.ci_low if g else np.nan for g in gaps], [g.ci_high if g else np.nan for g in gaps]
     order = {x: i for i, x in enumerate([*prof.target_tasks, *prof.source_tasks])}
@@ -234,7 +234,7 @@ def _row_gap(m: pd.Series, a: tuple, b: tuple, targets: Sequence[str], n_test: d
     return normal_result(m[(*a, "Avg")] - m[(*b, "Avg")], unpaired_se(terms, [1 / len(targets)] * len(terms)),
                          sum(n_test[t] for t in targets))
 
-UNPAIRED = "unpaired normal (conservative; these records predate per-example predictions)"
+UNPAIRED = "unpaired normal (conservative; these records carry no per-example predictions for a paired one)"
 
 def paired_gap(a: pd.DataFrame, b: pd.DataFrame, targets: Sequence[str], results_dir) -> BootResult | None:
     """Per-seed records `a` minus `b` on their `targets` average, in points, with the paired bootstrap over test rows
@@ -299,9 +299,12 @@ def oracle_null_avg(rem: pd.DataFrame, sources: Sequence[str], k: int, targets: 
     obs, reps = [], []
     for i, t in enumerate(targets):
         g = r[r.task == t]
+        seeds = g.groupby("removed").seed.agg(lambda s: tuple(sorted(s)))
+        if set(g.removed) != set(cands) or seeds.nunique() != 1 or len(set(seeds.iloc[0])) != len(seeds.iloc[0]) \
+                or g.rows_test.nunique() != 1:
+            raise ValueError(f"{t}: the candidate subsets need one record per seed, the same seeds and the same test rows")
         stack = lambda s: np.stack([correctness(x, results_dir) for _, x in g[g.removed == s].sort_values("seed").iterrows()])
-        if set(g.removed) != set(cands): return None
-        o = oracle_null([stack(s) for s in cands], stack(()), None, n_boot, seed + i)
+        o = oracle_null([stack(s) for s in cands], stack(()), clusters(results_dir, g.rows_test.iloc[0]), n_boot, seed + i)
         obs.append(o.observed); reps.append(o.reps)
     avg = np.mean(reps, axis=0)
     return {"observed": float(np.mean(obs)), "expected": float(avg.mean()), "q_high": float(np.quantile(avg, 0.95)),
@@ -354,7 +357,8 @@ def report_text3(long: pd.DataFrame, effects: pd.DataFrame, ledger: pd.DataFrame
     up = update_profile(prof)
     rem = removal_records(ledger, prof, data_dir)
     seeds = sorted(int(s) for s in rem.seed.unique()) if not rem.empty else []
-    hours = rem.seconds.sum() / 3600 if not rem.empty else 0  # Table 3's own units: Figure 2 shares the profile hash
+    own = rem if profile_key(up, None) != profile_key(prof, None) else rem[rem.method == "removal"]  # shared rows: multi-task is Table 2's
+    hours = own.seconds.sum() / 3600 if not own.empty else 0  # Table 3's own units: Figure 2 shares the profile hash
     setup = (f"Profile `{prof.name}`, backbone `{prof.backbone}`, seeds {seeds}; {len(prof.source_tasks)} source prefixes "
              f"({', '.join(prof.source_tasks)}), the units of Table 2; every subset removing at most 1 / 2 of them is scored "
              f"by a target head per target and seed. Numbers are mean ± std over seeds of ledger records in "
@@ -371,8 +375,9 @@ def effects_table(effects: pd.DataFrame) -> pd.DataFrame:
     "Targets × removed source: 'Δtest (Δdev)' in points."
     if effects.empty: return pd.DataFrame()
     ci = lambda lo, hi: f" [{lo:+.1f}, {hi:+.1f}]" if pd.notna(lo) else ""
+    none = pd.Series(np.nan, index=effects.index)
     e = effects.assign(cell=[f"{a:+.2f}{ci(lo, hi)} ({b:+.2f})" for a, b, lo, hi in
-                             zip(effects.d_test, effects.d_dev, effects.get("ci_low", np.nan), effects.get("ci_high", np.nan))])
+                             zip(effects.d_test, effects.d_dev, effects.get("ci_low", none), effects.get("ci_high", none))])
     w = e.pivot(index="task", columns="source", values="cell")
     return w.loc[[t for t in TARGET_TASKS if t in w.index], list(dict.fromkeys(effects.source))]
 

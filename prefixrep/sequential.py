@@ -109,7 +109,7 @@ class SequentialRun:
         t0 = time.time()
         enc = self.representation(method, tasks, steps)
         t1 = time.time()
-        name = "frozen" if method == "frozen" else f"figure2_{method}"
+        name = f"figure2_{method}"  # never Table 2's `frozen`: where Figure 2 scores on Table 2's rows its heads would mix in
         jobs = [target_job(enc, name, t, self.targets[t], self.prof, self.seed, scratch, self.pad_id, self.key)
                 for t in self.prof.target_tasks]
         self.encoder.set_active(())
@@ -241,17 +241,18 @@ def round_evidence(ledger: pd.DataFrame, results_dir) -> Callable[[str], tuple[n
         return correctness(by.loc[key], results_dir), by.loc[key, "rows_test"]
     return look
 
-def round_runs(frame: pd.DataFrame, ev: Callable, method: str, budget: int, target: str) -> tuple[np.ndarray, str] | None:
-    """[seeds, test rows]: per seed, the mean over the frame's rounds 1..M (orders × rounds, as the figure averages them)
-    of `method`'s per-row correctness on `target` at `budget`; with the rows key. None where any round lacks predictions."""
+def round_runs(frame: pd.DataFrame, ev: Callable, method: str, budget: int, target: str) -> tuple[dict, str] | None:
+    """{seed: [test rows]}: per seed, the mean over the frame's rounds 1..M (orders × rounds, as the figure averages
+    them) of `method`'s per-row correctness on `target` at `budget`; with the rows key. None where any round lacks
+    predictions or the rounds were scored on different rows."""
     f = frame[(frame.method == method) & (frame.steps_per_round == budget) & (frame["round"] > 0)]
     if f.empty: return None
-    per_seed, key = [], None
-    for _, g in f.groupby("seed"):
+    per_seed, keys = {}, set()
+    for seed, g in f.groupby("seed"):
         got = [ev(u[target]) if isinstance(u, dict) and target in u else None for u in g.units]
-        if any(x is None for x in got) or len({k for _, k in got}) != 1: return None
-        per_seed.append(np.mean([c for c, _ in got], axis=0)); key = got[0][1]
-    return np.stack(per_seed), key
+        if any(x is None for x in got): return None
+        per_seed[seed] = np.mean([c for c, _ in got], axis=0); keys |= {k for _, k in got}
+    return (per_seed, keys.pop()) if len(keys) == 1 else None
 
 def paired_rounds(frame: pd.DataFrame, ev: Callable | None, results_dir, pairs: Sequence[tuple[tuple, float]],
                   targets: Sequence[str]) -> BootResult | None:
@@ -261,12 +262,14 @@ def paired_rounds(frame: pd.DataFrame, ev: Callable | None, results_dir, pairs: 
     per = {}
     for t in targets:
         runs = [(round_runs(frame, ev, m, b, t), s) for (b, m), s in pairs]
-        if any(r is None for r, _ in runs) or len({r[0].shape for r, _ in runs}) != 1 or len({r[1] for r, _ in runs}) != 1: return None
-        plus = sum(r[0] for r, s in runs if s > 0); minus = sum(r[0] for r, s in runs if s < 0)
-        per[t] = (plus, minus, clusters(results_dir, runs[0][0][1]))
+        if any(r is None for r, _ in runs) or len({r[1] for r, _ in runs}) != 1: return None
+        seeds = sorted(set.intersection(*(set(r[0]) for r, _ in runs)))  # every part on the same seeds, paired by seed
+        if not seeds: return None
+        side = lambda sign: np.stack([sum(r[0][s] for r, x in runs if x == sign) for s in seeds])
+        per[t] = (side(1), side(-1), clusters(results_dir, runs[0][0][1]))
     return paired_bootstrap_avg(per)[0]
 
-UNPAIRED2 = "unpaired normal (conservative; round records carry no per-example predictions)"
+UNPAIRED2 = "unpaired normal (conservative; these round records carry no per-example predictions for a paired one)"
 
 def figure2_claim_rows(frame: pd.DataFrame, n_test: dict | None, ev: Callable | None = None, results_dir=None) -> list[dict]:
     """The paper's two Figure 2 observations as claims.csv rows, on rounds 1..M (mean over rounds, orders and seeds):

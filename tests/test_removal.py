@@ -99,6 +99,9 @@ def test_papermill_smoke_writes_table3_and_resumes(tmp_path, data_dir):
     md = (rep / "table3.md").read_text()
     assert "Deviations from the paper" in md and "dev-selected" in md and "oracle" in md and "87.30" in md
     assert (rep / "table3.tex").exists()
+    claims = pd.read_csv(rep / "claims.csv")  # the units carry predictions: every Table 3 interval is the paired one
+    assert len(claims[claims.experiment == "table3"]) and set(claims[claims.experiment == "table3"].interval) == {"paired bootstrap"}
+    assert "selection noise" in md  # the oracle rows against their null from predictions
     # a rerun finds every unit in the ledger and changes nothing
     before = _digest(res / "ledger")
     again = run_removal(0, "smoke", str(data_dir), str(res), str(cache), str(rep), progress=False)

@@ -50,6 +50,11 @@ def test_papermill_smoke_writes_figure2_into_a_temp_dir(tmp_path, data_dir):
     md = (rep / "figure2.md").read_text()
     assert "Measured update cost" in md and "Deviations from the paper" in md
     assert "record" in md.split("**Deviations from the paper**")[1] and "dropped from every order" in md
+    led = pd.DataFrame([json.loads(p.read_text()) for p in (tmp_path / "res" / "ledger").glob("*.json")])
+    assert "frozen" not in set(led.method)  # Figure 2's round-0 heads never pass for Table 2's frozen row
+    assert led[led.method == "figure2_round"].units.map(lambda u: isinstance(u, dict)).all()
+    claims = pd.read_csv(rep / "claims.csv")  # the rounds name their heads, whose predictions give paired intervals
+    assert len(claims[claims.experiment == "figure2"]) and set(claims[claims.experiment == "figure2"].interval) == {"paired bootstrap"}
     # multi-task weights and scratch representations do not pile up in the cache
     assert not list((tmp_path / "cache").rglob("*.pt"))
     # a second run finds every round in the ledger: nothing is retrained, the ledger is unchanged
