@@ -274,27 +274,27 @@ def transfer_text(d: dict, prof: Profile) -> str:
 # %% ../nbs/12_curves.ipynb #9f2983bf
 PROBE_TASKS = ("cr", "mr", "mpqa", "rte")  # single-view targets the probe reads (sentiment and NLI)
 
-def representation_probes(prof: Profile, targets: dict, results_dir, pad_id: int, seeds: Sequence[int] = (0, 1),
+def representation_probes(prof: Profile, targets: dict, store: Store, data_dir, pad_id: int, seeds: Sequence[int] = (0, 1),
                           tasks: Sequence[str] = PROBE_TASKS) -> pd.DataFrame:
-    """Linear-probe dev accuracy (%) per (seed, representation, target): the frozen encoder (once), and Table 2's six
-    source prefixes, all active, for the direct and the reparameterised profile of every seed that has all six
-    recorded (`library_records`; nothing is trained here)."""
+    """The frozen row's linear probe (nbs/04), dev accuracy (%) per (seed, representation, target), on Table 2's cached
+    representations: the frozen encoder (once), and Table 2's six source prefixes, all active, for the direct and the
+    reparameterised profile of every seed that has all six recorded (`library_records`; no prefix is trained here)."""
     from prefixrep.library import library_records
-    from prefixrep.mechanism import linear_probe, pooled_states
     from prefixrep.prefix import load_prefix
+    from prefixrep.target import linear_probe, split_features
     variants, rows = {"frozen": None, "direct": direct_profile(prof), "reparameterised": reparam_profile(prof)}, []
     for seed in seeds:
         for name, p in variants.items():
             if name == "frozen" and seed != seeds[0]: continue
             enc = PrefixEncoder(load_backbone(prof.backbone)[0], prof.prefix_length)
             if p is not None:
-                try: recs = library_records(results_dir, p, seed)
+                try: recs = library_records(store.results_dir, p, seed)
                 except ValueError: continue  # this seed's six prefixes are not all recorded yet
-                enc.set_active([load_prefix(enc, Path(results_dir) / r["prefix_file"], name=r["task"]) for r in recs])
+                enc.set_active([load_prefix(enc, store.results_dir / r["prefix_file"], name=r["task"]) for r in recs])
+            key = profile_key(p or prof, data_dir)  # the key Table 2's heads cache these representations under
             for t in tasks:
-                tr, dv = targets[t]["train"], targets[t]["dev"]
-                acc = linear_probe(pooled_states(enc, tr, pad_id), [e.label for e in tr], pooled_states(enc, dv, pad_id), [e.label for e in dv])
-                rows.append(dict(seed=seed, representation=name, task=t, probe_dev=100 * acc))
+                dev = linear_probe(split_features(enc, t, targets[t], store, pad_id, key, p or prof), t)["dev"]
+                rows.append(dict(seed=seed, representation=name, task=t, probe_dev=100 * dev))
     return pd.DataFrame(rows, columns=["seed", "representation", "task", "probe_dev"])
 
 def probes_text(probes: pd.DataFrame) -> str:
@@ -302,6 +302,7 @@ def probes_text(probes: pd.DataFrame) -> str:
     if probes.empty: return ""
     t = probes.pivot_table(index=["representation", "seed"], columns="task", values="probe_dev").round(1)
     t["mean"] = t.mean(axis=1).round(1)
-    return ("**Linear probe** (nbs/15 `linear_probe`: logistic regression on pooled last-layer states of Table 2's train "
-            "rows, dev accuracy %; all six prefixes active):\n\n" + t.to_markdown())
+    return ("**Linear probe** (nbs/04 `linear_probe`, the frozen row's: logistic regression on the CLS and mean "
+            "last-layer states of Table 2's train rows, weight decay chosen on dev, dev accuracy %; all six prefixes "
+            "active):\n\n" + t.to_markdown())
 

@@ -28,9 +28,9 @@ from .experiment import (check_params, latest_per_seed, prepare_data, profile_ke
 
 # %% auto #0
 __all__ = ['TABLE3_MAX_REMOVED', 'AVERAGE', 'PARTS', 'CLAIMS', 'active_subsets', 'subset_method', 'add_average_prefix',
-           'attention_mass', 'pooled_states', 'linear_probe', 'attention_unit', 'run_mechanism', 'mechanism_records',
-           'best_single', 'labelled', 'row_table', 'differences', 'claims_rows', 'attention_records', 'attention_table',
-           'plot_mechanism', 'report_text', 'write_mechanism']
+           'attention_mass', 'attention_unit', 'run_mechanism', 'mechanism_records', 'best_single', 'labelled',
+           'row_table', 'differences', 'claims_rows', 'attention_records', 'attention_table', 'plot_mechanism',
+           'report_text', 'write_mechanism']
 
 # %% ../nbs/15_mechanism.ipynb #d6f74201
 TABLE3_MAX_REMOVED = 2  # subsets removing at most this many sources are Table 3's own units (method `removal`)
@@ -111,30 +111,6 @@ def attention_mass(encoder: PrefixEncoder, data: Sequence[Encoded], pad_id: int,
     return {"prefix_share": (acc["prefix"] / n).tolist(), "cls_share": (acc["cls"] / nv).tolist(),
             "per_prefix_share": {name: (acc["per_prefix"][:, j] / n).tolist() for j, name in enumerate(names)},
             "n_tokens": state["tokens"], "n_views": state["views"], "max_abs_diff": state["err"]}
-
-# %% ../nbs/15_mechanism.ipynb #5ff07559
-@torch.no_grad()
-def pooled_states(encoder: PrefixEncoder, data: Sequence[Encoded], pad_id: int, batch_size: int = 64) -> np.ndarray:
-    "[rows, 2 × hidden] of single-view rows: the mean of the last-layer states over the real tokens, and the CLS state."
-    if any(len(e.input_ids) != 1 for e in data): raise ValueError("pooled_states takes single-view rows (not multiple choice)")
-    out, was, dev = np.zeros((len(data), 2 * encoder.hidden_size), dtype=np.float32), encoder.training, device_of(encoder)
-    encoder.eval()
-    try:
-        for idx in bucket_batches([e.length for e in data], batch_size):
-            b = collate([data[j] for j in idx], pad_id)
-            h = encoder(**{k: b[k].to(dev) for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}).float()
-            m = b["attention_mask"].to(dev).unsqueeze(-1).float()
-            out[idx] = torch.cat([(h * m).sum(1) / m.sum(1), h[:, 0]], 1).cpu().numpy()
-    finally: encoder.train(was)
-    return out
-
-def linear_probe(train: np.ndarray, y_train, test: np.ndarray, y_test, C: float = 0.1) -> float:
-    "Accuracy on `test` of an L2 logistic regression (inverse strength `C`) on standardised `train` features."
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    return float(make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000)).fit(train, y_train).score(test, y_test))
-
 
 # %% ../nbs/15_mechanism.ipynb #72c26cf4
 PARTS = ("curve", "baselines", "attention")
