@@ -8,8 +8,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,13 +27,14 @@ from .data import Encoded, Task, bucket_batches, get_task
 from .training import MLPHead, device_of, encoder_states, decode_predictions, encode_predictions, group_logits, head_outputs
 
 # %% auto #0
-__all__ = ['SHARD_ROWS', 'KEEP_EVAL_BYTES', 'HEAD_VERSION', 'FEATURE_BUDGET', 'STEP_BYTES', 'PROBE_WDS', 'SPLITS', 'Features',
-           'tensor_hash', 'representation_id', 'extract_features', 'features_path', 'load_features', 'cached_features',
-           'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches', 'n_right', 'head_predictions',
-           'head_accuracy', 'fit_target_head', 'train_target_head', 'dropout_noise', 'head_noise', 'FeatureStack',
-           'stacked_predictions', 'fit_target_heads', 'heads_per_run', 'train_target_heads', 'pooled_states',
-           'fit_probe', 'probe_predictions', 'probe_accuracy', 'linear_probe', 'split_rows_hash', 'write_rows',
-           'split_features', 'TargetJob', 'target_job', 'run_target_jobs', 'score_target', 'eval_rows_keys']
+__all__ = ['SHARD_ROWS', 'KEEP_EVAL_BYTES', 'HEAD_VERSION', 'FEATURE_BUDGET', 'STEP_BYTES', 'STEP_BYTES_GPU', 'PROBE_WDS',
+           'SPLITS', 'Features', 'tensor_hash', 'representation_id', 'extract_features', 'features_path',
+           'load_features', 'cached_features', 'CLSAttention', 'TargetHead', 'eval_batches', 'keep_eval_batches',
+           'n_right', 'head_predictions', 'head_accuracy', 'fit_target_head', 'train_target_head', 'dropout_noise',
+           'head_noise', 'FeatureStack', 'stacked_predictions', 'stacked_loss', 'fit_target_heads', 'heads_per_run',
+           'train_target_heads', 'pooled_states', 'fit_probe', 'probe_predictions', 'probe_accuracy', 'linear_probe',
+           'split_rows_hash', 'write_rows', 'split_features', 'TargetJob', 'target_job', 'run_target_jobs',
+           'score_target', 'eval_rows_keys']
 
 # %% ../nbs/04_target.ipynb #65d30767
 @dataclass
@@ -197,10 +200,10 @@ def n_right(pred: Sequence[int], feats: Features, idx: Sequence[int]) -> int:
 @torch.no_grad()
 def head_predictions(head: TargetHead, feats: Features, task: Task, batch_size: int = 256,
                      batches: list[tuple] | None = None) -> list[int]:
-    "A target head's predicted class (or view) per example of cached `feats`, in the split's row order."
-    head.eval(); pred = [0] * len(feats)
+    "A target head's predicted class (or view) per example of cached `feats`, in the split's row order (on the head's device)."
+    head.eval(); pred = [0] * len(feats); dev = device_of(head)
     for idx, states, mask, nv in eval_batches(feats, batch_size) if batches is None else batches:
-        for i, p in zip(idx, group_logits(head(states, mask), nv, task).argmax(-1).tolist()): pred[i] = p
+        for i, p in zip(idx, group_logits(head(states.to(dev), mask.to(dev)), nv, task).argmax(-1).tolist()): pred[i] = p
     return pred
 
 def head_accuracy(head: TargetHead, feats: Features, task: Task, batch_size: int = 256,
@@ -209,14 +212,15 @@ def head_accuracy(head: TargetHead, feats: Features, task: Task, batch_size: int
     return n_right(head_predictions(head, feats, task, batch_size, batches), feats, range(len(feats))) / max(len(feats), 1)
 
 def fit_target_head(feats: dict[str, Features], task: str | Task, profile: Profile, seed: int,
-                    progress: bool = False) -> tuple[TargetHead, float, int]:
+                    progress: bool = False, device: str | torch.device = "cpu") -> tuple[TargetHead, float, int]:
     """Train a `TargetHead` on cached `feats["train"]` for `profile.head_epochs` epochs; keep the epoch with the best
     accuracy on `feats["dev"]`. Returns (head at that epoch, its dev accuracy, the epoch). `task`: a registry name or
-    any `Task` (its `kind` and `num_labels` shape the head)."""
+    any `Task` (its `kind` and `num_labels` shape the head). `device`: where the head trains (the features stay in
+    memory; each batch is moved); the head is initialised on the CPU, so only dropout's draws depend on the device."""
     t = get_task(task) if isinstance(task, str) else task
     g = seed_everything(seed)
     hidden = feats["train"].tokens.shape[1]
-    head = TargetHead(hidden, head_outputs(t))
+    head = TargetHead(hidden, head_outputs(t)).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=profile.head_lr, weight_decay=profile.head_wd)
     tr = feats["train"]
     lengths = tr.lengths[tr.first_view[:-1]].tolist()
@@ -225,7 +229,7 @@ def fit_target_head(feats: dict[str, Features], task: str | Task, profile: Profi
         head.train()
         for idx in bucket_batches(lengths, profile.head_batch, shuffle=True, generator=g):
             states, mask, nv = tr.batch(idx)
-            loss = F.cross_entropy(group_logits(head(states, mask), nv, t), tr.labels[idx])
+            loss = F.cross_entropy(group_logits(head(states.to(device), mask.to(device)), nv, t), tr.labels[idx].to(device))
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         dev = head_accuracy(head, feats["dev"], t, batches=dev_batches)
         if dev > best[0]: best = (dev, epoch, copy.deepcopy(head.state_dict()))
@@ -234,17 +238,19 @@ def fit_target_head(feats: dict[str, Features], task: str | Task, profile: Profi
     return head, best[0], best[1]
 
 def train_target_head(feats: dict[str, Features], task: str | Task, profile: Profile, seed: int,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, device: str | torch.device = "cpu") -> dict:
     """`fit_target_head`, then the dev-selected epoch's predictions: {dev, best_epoch, score (test accuracy),
     pred_dev, pred_test (per example, in row order: `encode_predictions`)}."""
-    head, dev, epoch = fit_target_head(feats, task, profile, seed, progress)
+    head, dev, epoch = fit_target_head(feats, task, profile, seed, progress, device)
     t = get_task(task) if isinstance(task, str) else task
     pred = {s: head_predictions(head, feats[s], t) for s in ("dev", "test")}
     return {"dev": dev, "best_epoch": epoch, "score": n_right(pred["test"], feats["test"], range(len(feats["test"])))
             / max(len(feats["test"]), 1), **{f"pred_{s}": encode_predictions(p) for s, p in pred.items()}}
 
 # %% ../nbs/04_target.ipynb #64bbe04e
-HEAD_VERSION = 2          # recorded by units trained by `fit_target_heads` (1 = one head at a time, `fit_target_head`)
+HEAD_VERSION = 3  # recorded by units trained by `fit_target_heads` (1 = one head at a time, `fit_target_head`; 2 = batched
+                  # with one cross-entropy per head; 3 = a classification task's heads in one weighted cross-entropy,
+                  # `stacked_loss`: the same gradients up to float rounding)
 FEATURE_BUDGET = 4 << 30  # bytes of stacked fp16 features a batched run may copy into memory; above it, it streams
 
 def dropout_noise(shape: Sequence[int], p: float, generator: torch.Generator) -> torch.Tensor:
@@ -252,22 +258,28 @@ def dropout_noise(shape: Sequence[int], p: float, generator: torch.Generator) ->
     return torch.empty(tuple(shape)).bernoulli_(1 - p, generator=generator).div_(1 - p)
 
 def head_noise(head: TargetHead, shapes: Sequence[tuple[int, int]], V: int, T: int,
-               generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...]:
+               generators: Sequence[torch.Generator], pool: ThreadPoolExecutor | None = None,
+               pin: bool = False) -> tuple[torch.Tensor, ...]:
     """The dropout masks of one training forward of K heads: head k, with a batch of V_k views padded to T_k tokens
     (`shapes[k]`), draws its attention mask [V_k, heads, T_k], then its MLP input and hidden masks [V_k, H], from
-    `generators[k]` (the order its own forward draws them in); each is zero-padded to [K, V, heads, T] / [K, V, H]."""
-    p, H, nh = head.attn.drop.p, head.norm.normalized_shape[0], head.attn.h
-    out = (torch.zeros(len(shapes), V, nh, T), torch.zeros(len(shapes), V, H), torch.zeros(len(shapes), V, H))
-    for k, ((v, t), g) in enumerate(zip(shapes, generators)):
+    `generators[k]` (the order its own forward draws them in); each is zero-padded to [K, V, heads, T] / [K, V, H].
+    `pool`: draw the heads in threads (each head has its own generator: the same draws); `pin`: in pinned memory, for
+    an asynchronous copy to a GPU."""
+    p, H, nh, K = head.attn.drop.p, head.norm.normalized_shape[0], head.attn.h, len(shapes)
+    out = tuple(torch.zeros(s, pin_memory=pin) for s in ((K, V, nh, T), (K, V, H), (K, V, H)))
+    def draw(k: int):
+        (v, t), g = shapes[k], generators[k]
         out[0][k, :v, :, :t] = dropout_noise((v, nh, t), p, g)
         out[1][k, :v], out[2][k, :v] = dropout_noise((v, H), p, g), dropout_noise((v, H), p, g)
+    list(map(draw, range(K)) if pool is None else pool.map(draw, range(K)))
     return out
 
 class FeatureStack:
     """One split's fixed representations for K heads (the same rows; heads may share a `Features`), gathered into
     padded batches [K, V, T, H]. The distinct feature sets are stacked once, with a zero row for padding, if that copy
-    fits in `budget` bytes; otherwise every batch is gathered head by head (streaming): the same numbers."""
-    def __init__(self, feats: Sequence[Features], budget: int = FEATURE_BUDGET):
+    fits in `budget` bytes; otherwise every batch is gathered head by head (streaming): the same numbers. Batches are
+    returned on `device`; the stacked copy lives there (a GPU gathers its own batches), a streamed batch is moved."""
+    def __init__(self, feats: Sequence[Features], budget: int = FEATURE_BUDGET, device: str | torch.device = "cpu"):
         uniq = list({id(f): f for f in feats}.values())
         self.ref, self.feats = uniq[0], list(feats)
         for f in uniq[1:]:
@@ -275,17 +287,18 @@ class FeatureStack:
                 raise ValueError("batched heads need features of the same rows (same views, token counts and labels)")
         self.source = torch.tensor([next(u for u, g in enumerate(uniq) if g is f) for f in feats])
         self.nbytes = len(uniq) * self.ref.tokens.numel() * self.ref.tokens.element_size()
-        self.streaming = self.nbytes > budget
+        self.streaming, self.device = self.nbytes > budget, torch.device(device)
         if not self.streaming:  # [U * (S + 1), H]: feature set u's rows start at u * (S + 1); its row S is a zero row
             S, H = self.ref.tokens.shape
             self.stack = self.ref.tokens.new_zeros(len(uniq) * (S + 1), H)  # filled in place: no second copy at its peak
             for u, f in enumerate(uniq): self.stack[u * (S + 1):u * (S + 1) + S] = f.tokens
+            self.stack = self.stack.to(self.device)
 
     def __len__(self) -> int: return len(self.ref)
 
-    def views(self, idx: Sequence[int]) -> torch.Tensor:
+    def views(self, idx: Sequence[int] | torch.Tensor) -> torch.Tensor:
         "The view ids of examples `idx`, example by example (the order `Features.batch` uses)."
-        idx = torch.as_tensor(list(idx), dtype=torch.long)
+        idx = idx if isinstance(idx, torch.Tensor) else torch.as_tensor(list(idx), dtype=torch.long)
         counts = self.ref.n_views[idx]
         starts = torch.repeat_interleave(self.ref.first_view[idx], counts)
         return starts + torch.arange(int(counts.sum())) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
@@ -293,20 +306,23 @@ class FeatureStack:
     def batch(self, idx: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, list, list]:
         """Head k's examples `idx[k]` -> states [K, V, T, H] float32, mask [K, V, T], each head's n_views, and each
         head's own (V_k, T_k): its batch is the top-left corner, zero-padded (a padded view attends to its first slot)."""
-        views = [self.views(i) for i in idx]
-        lens = [self.ref.lengths[v] for v in views]
-        shapes = [(len(v), int(l.max())) for v, l in zip(views, lens)]
-        V, T, S = max(s[0] for s in shapes), max(s[1] for s in shapes), len(self.ref.tokens)
-        vpad = torch.stack([F.pad(v, (0, V - len(v))) for v in views])                 # [K, V] (pads: view 0, length 0)
-        lpad = torch.stack([F.pad(l, (0, V - len(l))) for l in lens])                  # [K, V]
+        flat = torch.as_tensor([i for ix in idx for i in ix], dtype=torch.long)          # every head's examples at once
+        nv, allv = self.ref.n_views[flat], self.views(flat)
+        ends = nv.cumsum(0)[torch.as_tensor([len(ix) for ix in idx]).cumsum(0) - 1]     # head k's last view + 1
+        sizes = torch.diff(ends, prepend=ends.new_zeros(1)).tolist()                    # V_k
+        vpad = nn.utils.rnn.pad_sequence(torch.split(allv, sizes), batch_first=True)   # [K, V] (pads: view 0, length 0)
+        lpad = nn.utils.rnn.pad_sequence(torch.split(self.ref.lengths[allv], sizes), batch_first=True)   # [K, V]
+        shapes = list(zip(sizes, lpad.max(1).values.tolist()))
+        T, S = max(s[1] for s in shapes), len(self.ref.tokens)
         valid = torch.arange(T) < lpad[..., None]                                        # [K, V, T]
         index = torch.where(valid, self.ref.offsets[vpad][..., None] + torch.arange(T), S)
         if self.streaming:
             states = torch.stack([f.tokens[ix.clamp(max=S - 1)].masked_fill(~ok[..., None], 0)
                                   for f, ix, ok in zip(self.feats, index, valid)])
-        else: states = self.stack.index_select(0, (index + self.source[:, None, None] * (S + 1)).flatten()).view(*index.shape, -1)
+        else: states = self.stack.index_select(0, (index + self.source[:, None, None] * (S + 1)).flatten().to(self.device)).view(*index.shape, -1)
         mask = valid.clone(); mask[..., 0] |= lpad == 0
-        return states.float(), mask, [self.ref.n_views[torch.as_tensor(list(i), dtype=torch.long)] for i in idx], shapes
+        return (states.to(self.device).float(), mask.to(self.device), list(torch.split(nv, [len(ix) for ix in idx])),
+                shapes)
 
 def _stacked_forward(base: TargetHead, train: bool):
     "vmap of `base`'s forward over stacked parameters (and per-head dropout masks when training)."
@@ -316,21 +332,40 @@ def _stacked_forward(base: TargetHead, train: bool):
 @torch.no_grad()
 def stacked_predictions(base: TargetHead, params: dict, stack: FeatureStack, task: Task,
                         batch_size: int = 256) -> list[list[int]]:
-    "Every head's predicted class (or view) per example, in row order; `batch_size` rows for all heads together."
+    """Every head's predicted class (or view) per example, in row order; `batch_size` rows for all heads together on
+    the CPU (bounded memory), for each head on a GPU (fewer, larger launches). Scores come back to the CPU once a batch."""
     K, fwd = len(stack.feats), _stacked_forward(base, train=False)
     pred = [[0] * len(stack) for _ in range(K)]
-    for idx in bucket_batches(stack.ref.lengths[stack.ref.first_view[:-1]].tolist(), max(1, batch_size // K)):
+    rows = max(1, batch_size // K) if stack.device.type == "cpu" else batch_size
+    for idx in bucket_batches(stack.ref.lengths[stack.ref.first_view[:-1]].tolist(), rows):
         states, mask, nv, shapes = stack.batch([idx] * K)
-        out = fwd(params, states, mask)
+        out = fwd(params, states, mask).cpu()
         for k in range(K):
             for i, p in zip(idx, group_logits(out[k, :shapes[k][0]], nv[k], task).argmax(-1).tolist()): pred[k][i] = p
     return pred
 
+def stacked_loss(out: torch.Tensor, labels: torch.Tensor, shapes: Sequence[tuple[int, int]], nv: Sequence[torch.Tensor],
+                 task: Task) -> torch.Tensor:
+    """The sum over heads of each head's mean cross-entropy on its own batch: `out` [K, V, n_out] (head k's views are
+    its first `shapes[k][0]`), `labels` [K, B] (head k's first len(nv[k]) entries). A classification task (one view per
+    example) takes it in one weighted cross-entropy; a choice task groups each head's views into examples first."""
+    if task.kind in ("choice", "record"):
+        return sum(F.cross_entropy(group_logits(out[k, :s[0]], nv[k], task), labels[k, :len(nv[k])])
+                   for k, s in enumerate(shapes))
+    K, V = out.shape[:2]
+    n = torch.tensor([s[0] for s in shapes], dtype=out.dtype)
+    w = ((torch.arange(V) < n[:, None]) / n[:, None]).to(out.device)                 # 1 / V_k on head k's rows, else 0
+    ce = F.cross_entropy(out.flatten(0, 1), F.pad(labels, (0, V - labels.shape[1])).flatten(), reduction="none")
+    return (ce.view(K, V) * w).sum()
+
 def fit_target_heads(feats: Sequence[dict[str, Features]], task: str | Task, profile: Profile, seeds: Sequence[int],
-                     progress: bool = False, budget: int = FEATURE_BUDGET) -> tuple[TargetHead, dict, list[tuple[float, int]]]:
+                     progress: bool = False, budget: int = FEATURE_BUDGET,
+                     device: str | torch.device = "cpu") -> tuple[TargetHead, dict, list[tuple[float, int]]]:
     """K = len(feats) target heads trained at once, head k on `feats[k]` with seed `seeds[k]`, each as `fit_target_head`
-    would train it alone (init, batch order, dropout draws, best-dev epoch). Returns (the base head, the stacked
-    parameters of every head's best-dev epoch, [(dev accuracy, epoch)] per head)."""
+    would train it alone on the CPU (init, batch order, dropout draws, best-dev epoch). Returns (the base head, the
+    stacked parameters of every head's best-dev epoch, [(dev accuracy, epoch)] per head). `device`: where the stacked
+    heads train; init, batch order and dropout masks are still drawn on the CPU, so a GPU run differs from the CPU
+    run only by float rounding."""
     t = get_task(task) if isinstance(task, str) else task
     if len(feats) != len(seeds): raise ValueError(f"{len(feats)} feature sets but {len(seeds)} seeds")
     hidden = feats[0]["train"].tokens.shape[1]
@@ -338,51 +373,58 @@ def fit_target_heads(feats: Sequence[dict[str, Features]], task: str | Task, pro
     for s in seeds:  # what each separate run does first: seed, build the head; its dropout continues the global stream
         orders.append(seed_everything(s)); heads.append(TargetHead(hidden, head_outputs(t)))
         draws.append(torch.Generator().manual_seed(0)); draws[-1].set_state(torch.get_rng_state())
-    base = copy.deepcopy(heads[0]).eval()
-    params = {n: p.detach().clone().requires_grad_() for n, p in torch.func.stack_module_state(heads)[0].items()}
+    base = copy.deepcopy(heads[0]).to(device).eval()
+    params = {n: p.detach().clone().to(device).requires_grad_() for n, p in torch.func.stack_module_state(heads)[0].items()}
     opt = torch.optim.Adam(params.values(), lr=profile.head_lr, weight_decay=profile.head_wd, fused=True)  # one pass
-    tr, dev = FeatureStack([f["train"] for f in feats], budget), FeatureStack([f["dev"] for f in feats], budget)
+    tr, dev = (FeatureStack([f[s] for f in feats], budget, device) for s in ("train", "dev"))
     lengths, fwd = tr.ref.lengths[tr.ref.first_view[:-1]].tolist(), _stacked_forward(base, train=True)
-    best = [(-1.0, -1, None)] * len(feats)
+    best, gpu = [(-1.0, -1, None)] * len(feats), torch.device(device).type != "cpu"
+    # on a GPU the host draws every head's dropout masks: in threads, into pinned memory, copied while the GPU works
+    pool = ThreadPoolExecutor(min(len(feats), os.cpu_count() or 1)) if gpu else None
     for epoch in tqdm(range(profile.head_epochs), desc=f"{len(feats)} target heads {t.name}", disable=not progress, mininterval=5):
         batches = [bucket_batches(lengths, profile.head_batch, shuffle=True, generator=g) for g in orders]
         for step in range(len(batches[0])):
             idx = [b[step] for b in batches]
             states, mask, nv, shapes = tr.batch(idx)
-            out = fwd(params, states, mask, head_noise(base, shapes, states.shape[1], states.shape[2], draws))
-            loss = sum(F.cross_entropy(group_logits(out[k, :shapes[k][0]], nv[k], t), tr.ref.labels[idx[k]])
-                       for k in range(len(feats)))
+            noise = tuple(n.to(device, non_blocking=gpu) for n in head_noise(base, shapes, *states.shape[1:3], draws, pool, gpu))
+            out = fwd(params, states, mask, noise)
+            labels = nn.utils.rnn.pad_sequence([tr.ref.labels[i] for i in idx], batch_first=True).to(device)  # [K, B]
+            loss = stacked_loss(out, labels, shapes, nv, t)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         for k, pred in enumerate(stacked_predictions(base, params, dev, t)):
             acc = n_right(pred, dev.ref, range(len(dev))) / max(len(dev), 1)
             if acc > best[k][0]: best[k] = (acc, epoch, {n: p[k].detach().clone() for n, p in params.items()})
+    if pool is not None: pool.shutdown()
     return base, {n: torch.stack([b[2][n] for b in best]) for n in params}, [b[:2] for b in best]
 
 STEP_BYTES = 32 << 20  # fp32 token states one batched training step may hold (K heads x batch x views x length x H)
+STEP_BYTES_GPU = 4 << 30  # the same on a GPU, where a step is bound by kernel launches, not by a cache: stack them all
 
-def heads_per_run(train: Features, profile: Profile) -> int:
+def heads_per_run(train: Features, profile: Profile, device: str | torch.device = "cpu") -> int:
     """How many heads to stack in one run on these rows: as many as keep a step's token states within `STEP_BYTES`
-    (at least 1). Measured on a 2-core CPU (`reports/benchmarks.md`): a head's step is bound by arithmetic and by
+    (`STEP_BYTES_GPU` on a GPU; at least 1). Measured on a 2-core CPU (`reports/benchmarks.md`): a head's step is bound by arithmetic and by
     memory traffic over the states, not by per-operation overhead, so stacking pays only while a step's states stay
     in cache (+20-60% throughput at 4-8 heads of MR/RTE rows) and costs beyond (22 RTE heads: 0.6-0.7x)."""
     per_head = profile.head_batch * int(train.n_views.max()) * int(train.lengths.max()) * train.tokens.shape[1] * 4
-    return max(1, STEP_BYTES // max(per_head, 1))
+    return max(1, (STEP_BYTES if torch.device(device).type == "cpu" else STEP_BYTES_GPU) // max(per_head, 1))
 
 def train_target_heads(feats: Sequence[dict[str, Features]], task: str | Task, profile: Profile, seeds: Sequence[int],
-                       progress: bool = False, budget: int = FEATURE_BUDGET, max_heads: int | None = None) -> list[dict]:
+                       progress: bool = False, budget: int = FEATURE_BUDGET, max_heads: int | None = None,
+                       device: str | torch.device = "cpu") -> list[dict]:
     """`fit_target_heads` on runs of at most `max_heads` heads (default `heads_per_run`), then each head's record as
-    `train_target_head` writes it, plus `head_version` (2: batched; 1: a run of one head, `train_target_head` itself)
-    and `heads_batched` (the size of its run)."""
+    `train_target_head` writes it, plus `head_version` (`HEAD_VERSION`: batched; 1: a run of one head, `train_target_head` itself)
+    and `heads_batched` (the size of its run). `device`: where the heads train (the experiments keep the CPU default,
+    so records stay comparable across machines)."""
     t = get_task(task) if isinstance(task, str) else task
-    step = max_heads or heads_per_run(feats[0]["train"], profile)
+    step = max_heads or heads_per_run(feats[0]["train"], profile, device)
     out = []
     for a in range(0, len(feats), step):
         fs, ss = feats[a:a + step], seeds[a:a + step]
         if len(fs) == 1:  # a run of one head is the plain loop: bit for bit the records made before batching existed
-            out.append({**train_target_head(fs[0], t, profile, ss[0], progress), "head_version": 1, "heads_batched": 1})
+            out.append({**train_target_head(fs[0], t, profile, ss[0], progress, device), "head_version": 1, "heads_batched": 1})
             continue
-        base, params, best = fit_target_heads(fs, t, profile, ss, progress, budget)
-        pred = {s: stacked_predictions(base, params, FeatureStack([f[s] for f in fs], budget), t) for s in ("dev", "test")}
+        base, params, best = fit_target_heads(fs, t, profile, ss, progress, budget, device)
+        pred = {s: stacked_predictions(base, params, FeatureStack([f[s] for f in fs], budget, device), t) for s in ("dev", "test")}
         test = fs[0]["test"]
         out += [{"dev": dev, "best_epoch": epoch, "score": n_right(pred["test"][k], test, range(len(test))) / max(len(test), 1),
                  **{f"pred_{s}": encode_predictions(p[k]) for s, p in pred.items()},
