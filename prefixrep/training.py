@@ -28,8 +28,8 @@ __all__ = ['UNIT_VERSION', 'MLPHead', 'head_outputs', 'group_logits', 'n_correct
            'process_share', 'process_loss', 'is_main_process', 'wait_for_everyone', 'record_unit', 'NonFiniteLoss',
            'train_steps', 'final_path', 'extend_from', 'device_of', 'encoder_states', 'head_loss', 'predict_head',
            'encode_predictions', 'decode_predictions', 'accuracy', 'evaluate_head', 'prefix_steps', 'prefix_unit',
-           'curve_key', 'train_source_prefix', 'PrefixMLP', 'multitask_unit', 'train_multitask', 'finetune_steps',
-           'finetune_target']
+           'curve_key', 'shorter_from_curve', 'train_source_prefix', 'PrefixMLP', 'multitask_unit', 'train_multitask',
+           'finetune_steps', 'finetune_target']
 
 # %% ../nbs/03_training.ipynb #c0c945a9
 class MLPHead(nn.Module):
@@ -312,10 +312,49 @@ def curve_key(eval_every: int | None) -> dict:
     "What a unit's key says about its learning curve: nothing without one (so older keys stay valid), else its spacing."
     return {"eval_every": int(eval_every)} if eval_every else {}
 
+def shorter_from_curve(store: Store, cfg: dict, longer: Sequence[int]) -> tuple[dict, dict] | None:
+    """A unit of `cfg["steps"]` steps read off a finished longer run of the same unit (`cfg` with one of the `longer`
+    step counts): if that run's curve evaluated every `eval_every` steps up to `cfg["steps"]` (a multiple of it) and its
+    snapshot of the best of those steps is in the cache, returns (the long run's record, that snapshot with its `step`,
+    the curve up to `cfg["steps"]` and the long unit's key `from`); else None. Evaluation draws no random numbers, so the
+    state at step s of the long run is the state a run of s steps ends with (`train_steps`), and the best of its
+    evaluations up to s (a tie keeps the earlier step) is the one that run would keep."""
+    steps, every = cfg["steps"], cfg.get("eval_every")
+    if not every or steps % every: return None
+    for n in sorted({int(n) for n in longer if n and n > steps}):
+        long_key = config_hash({**cfg, "steps": n})
+        rec = store.ledger.get(long_key)
+        curve = [(int(s), d) for s, d in (rec or {}).get("curve") or [] if s <= steps]
+        if [s for s, _ in curve] != list(range(every, steps + 1, every)): continue
+        best = max(curve, key=lambda sd: sd[1])  # the first of equal maxima: the earlier step
+        snap = store.cache_path("curves", f"{long_key}-{best[0]}", ".pt")
+        if snap.exists():
+            return rec, {**torch.load(snap, map_location="cpu", weights_only=False), "step": best[0],
+                         "curve": [list(c) for c in curve], "from": long_key}
+    return None
+
+def _prefix_from_snapshot(encoder, head: nn.Module, task: str, splits: dict[str, list[Encoded]], profile: Profile,
+                          pad_id: int, store: Store, path: Path, cfg: dict, long_rec: dict, snap: dict) -> dict:
+    """The record of a prefix unit read off a longer run (`shorter_from_curve`): the snapshot's prefix and head, scored
+    on dev and saved as a trained prefix would be; its `train_seconds` are the long run's share of these steps."""
+    from prefixrep.prefix import save_prefix
+    with torch.no_grad(): encoder.prefixes[task].copy_(snap["prefix"])
+    head.load_state_dict(snap["head"])
+    with encoder.activate(task): pred = predict_head(encoder, head, get_task(task), splits["dev"], pad_id, profile.eval_batch)
+    dev = accuracy(pred, splits["dev"])
+    save_prefix(encoder, task, path, meta={**cfg, "dev_accuracy": dev})
+    return {"steps": cfg["steps"], "loss": None, "resumed_from": 0,
+            "train_seconds": round(long_rec["train_seconds"] * cfg["steps"] / long_rec["steps"], 2),
+            "curve": snap["curve"], "best_step": snap["step"], "best_dev": snap["dev"], "dev": dev,
+            "pred_dev": encode_predictions(pred), "prefix_file": str(path.relative_to(store.results_dir)),
+            "snapshot_of": snap["from"]}
+
 def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], profile: Profile, seed: int,
                         store: Store, pad_id: int, steps: int | None = None, progress: bool = True) -> dict:
     """Train (or reuse) the prefix of source `task` on the frozen `encoder`; the prefix ends up loaded in
-    `encoder` under the task's name. Returns the ledger record (dev accuracy of prefix + head, path of the prefix)."""
+    `encoder` under the task's name. Returns the ledger record (dev accuracy of prefix + head, path of the prefix).
+    With a learning curve, a budget that a longer finished run of the same unit passed is read off that run's
+    snapshots instead of retrained (`shorter_from_curve`; the record names the run, `snapshot_of`)."""
     from prefixrep.prefix import backbone_fingerprint, load_prefix, save_prefix
     t = get_task(task)
     steps = steps or prefix_steps(profile, len(splits["train"]))
@@ -333,6 +372,9 @@ def train_source_prefix(encoder, task: str, splits: dict[str, list[Encoded]], pr
         trained = {"prefix": _PrefixModule(encoder, task)} if mlp is None else {"reparam": mlp}
         params = encoder.prefix_parameters([task]) if mlp is None else list(mlp.parameters())
         forward = encoder if mlp is None else _WithPrefix(encoder, task, mlp)
+        longer = (prefix_steps(profile, len(splits["train"])), profile.curve_prefix_steps or 0)
+        if (short := shorter_from_curve(store, cfg, longer)) is not None:
+            return _prefix_from_snapshot(encoder, head, task, splits, profile, pad_id, store, path, cfg, *short)
         def dev_accuracy() -> float:
             if mlp is not None: mlp.write(encoder, task)
             return accuracy(predict_head(encoder, head, t, splits["dev"], pad_id, profile.eval_batch), splits["dev"])

@@ -76,6 +76,49 @@ def test_a_longer_curve_continues_a_shorter_one(tmp_path, data_dir, reparam):
     assert continued.get("reparam") == (reparam or None)  # in the unit's key only where set: older keys stay valid
 
 
+
+@pytest.mark.parametrize("reparam", [0, 16])
+def test_a_shorter_budget_is_read_off_a_longer_curve(tmp_path, data_dir, reparam):
+    """A budget a longer finished run passed (a multiple of its eval spacing) is its best snapshot up to that step:
+    the same prefix, dev predictions and curve as a run of that many steps, without training; other budgets train."""
+    import torch
+    from prefixrep.core import Store
+    from prefixrep.data import encode, load_task
+    from prefixrep.prefix import PrefixEncoder, load_backbone
+    from prefixrep.training import train_source_prefix
+    model, tok = load_backbone("tiny-bert")
+    enc = PrefixEncoder(model, 5)
+    data = {k: encode(v, tok, 48) for k, v in load_task("mnli", data_dir, train_rows=48, eval_rows=24).items()}
+    prof = get_profile("smoke", prefix_steps=8, prefix_eval_every=2, prefix_reparam=reparam)
+    st, fresh = Store(tmp_path / "r", tmp_path / "c"), Store(tmp_path / "r2", tmp_path / "c2")
+    train_source_prefix(enc, "mnli", data, prof, 0, st, tok.pad_token_id, progress=False)
+    read = train_source_prefix(enc, "mnli", data, prof, 0, st, tok.pad_token_id, steps=4, progress=False)
+    a = enc.prefixes["mnli"].clone()
+    trained = train_source_prefix(enc, "mnli", data, prof, 0, fresh, tok.pad_token_id, steps=4, progress=False)
+    assert read["snapshot_of"] and "snapshot_of" not in trained
+    assert torch.equal(a, enc.prefixes["mnli"])
+    assert (read["dev"], read["pred_dev"], read["curve"], read["best_step"]) == \
+           (trained["dev"], trained["pred_dev"], trained["curve"], trained["best_step"])
+    odd = train_source_prefix(enc, "mnli", data, prof, 0, st, tok.pad_token_id, steps=3, progress=False)
+    assert "snapshot_of" not in odd and odd["resumed_from"] == 0  # 3 is no evaluated step: trained
+
+
+def test_the_snapshot_read_is_the_best_dev_up_to_the_budget(tmp_path):
+    "The best evaluated step up to the budget (the first of equal maxima), never one past it; a gap in the curve or a missing snapshot reads nothing."
+    from prefixrep.core import Store, config_hash, torch_save
+    from prefixrep.training import shorter_from_curve
+    st = Store(tmp_path / "r", tmp_path / "c")
+    cfg = {"method": "source_prefix", "task": "mnli", "steps": 8, "eval_every": 2}
+    st.ledger.run(cfg, lambda: {"steps": 8, "train_seconds": 80.0, "curve": [[2, .3], [4, .5], [6, .5], [8, .9]]})
+    for s in (2, 4, 6, 8): torch_save(st.cache_path("curves", f"{config_hash(cfg)}-{s}", ".pt"), {"prefix": s, "dev": None})
+    rec, snap = shorter_from_curve(st, {**cfg, "steps": 6}, (8,))
+    assert snap["step"] == snap["prefix"] == 4 and snap["curve"] == [[2, .3], [4, .5], [6, .5]] and rec["train_seconds"] == 80
+    assert shorter_from_curve(st, {**cfg, "steps": 2}, (8,))[1]["step"] == 2
+    assert shorter_from_curve(st, {**cfg, "steps": 5}, (8,)) is None      # not an evaluated step
+    assert shorter_from_curve(st, {**cfg, "steps": 6}, (4,)) is None      # no longer run named
+    st.cache_path("curves", f"{config_hash(cfg)}-4", ".pt").unlink()
+    assert shorter_from_curve(st, {**cfg, "steps": 6}, (8,)) is None      # its best snapshot is gone: train instead
+
 def test_reparameterised_prefix_learns_through_its_mlp():
     "Li & Liang's MLP: the loss reaches E and the MLP, not the stored prefix; `write` makes the stored prefix its output."
     import torch
