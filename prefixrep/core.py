@@ -91,6 +91,7 @@ class Profile:
     min_dev_rows: int = 300             # pool policy: dev is never cut below this to make test larger
     update_eval_policy: str | None = None  # Table 3 / Figure 2's policy (None = eval_policy)
     sequential_budgets: tuple = (2000, 10000)  # training steps per round (Figure 2 panels)
+    sequential_rows: tuple | None = None  # Figure 2's own target caps (train, dev, test; pool policy); None: Table 3's rows
     sequential_orders: tuple = (0, 1, 2, 3, 4, 5, 6, 7)  # which of Appendix B.1's 8 orders to run
     eval_batch: int = 64
     extract_dtype: str = "float32"      # fixed representations computed in fp32, or under bf16 autocast ("bfloat16")
@@ -103,6 +104,8 @@ class Profile:
         for f in ("eval_policy", "update_eval_policy"):
             if getattr(self, f) not in EVAL_POLICIES + ((None,) if f == "update_eval_policy" else ()):
                 raise ValueError(f"{f} must be one of {EVAL_POLICIES}, got {getattr(self, f)!r}")
+        if self.sequential_rows is not None and (len(self.sequential_rows) != 3 or any(int(n) != n or n < 1 for n in self.sequential_rows)):
+            raise ValueError(f"sequential_rows must be three positive row counts (train, dev, test), got {self.sequential_rows!r}")
 
     def source_steps(self, task: str) -> int | None:
         "The prefix budget of source `task`: its entry of `prefix_steps_by_task`, else `prefix_steps` (None: epochs)."
@@ -138,7 +141,9 @@ PROFILES: dict[str, Profile] = {
         prefix_lr=5e-3, prefix_reparam=0,  # the paper's direct prefix: the transfer check (nbs/12) overruled the MLP reparameterisation
         multitask_steps=8000, multitask_lr=2e-5, multitask_eval_every=250,
         finetune_epochs=6, finetune_eval_every=63, finetune_lrs=(1e-5, 3e-5, 1e-4),  # dev every epoch (1,000 rows / 16)
-        sequential_budgets=(100, 400), sequential_orders=(0, 1, 2),  # Table 3 / Figure 2 score on Table 2's target rows
+        sequential_orders=(0, 1, 2),  # Table 3 scores on Table 2's target rows; Figure 2 on fewer (sequential_rows)
+        sequential_budgets=(500, 2250),  # the Figure 2 rule on the prefix curves (nbs/12 `figure2_budgets`): low, high
+        sequential_rows=(400, 300, 1000),  # Figure 2's train, dev, test rows per target (pool): 52 rounds a seed
         curve_prefix_steps=4000, curve_multitask_steps=8000, curve_eval_every=250,  # learning-curve caps (nbs/12)
         notes="MiniLM-L6 on the offline mirror, subsampled; ReCoRD is absent; Yelp-2 is stood in by Amazon reviews"),
     "paper": Profile(
@@ -154,6 +159,7 @@ PROFILES["small-reparam"] = replace(PROFILES["small"], name="small-reparam", pre
 
 SMALL_BEFORE_CURVES = dict(**DIRECT_PREFIX, target_max_length=None, prefix_steps=800, prefix_eval_every=None, multitask_steps=2400,
                            update_eval_policy="paper", update_train_rows=400, update_eval_rows=300,  # its Table 3 / Figure 2 rows
+                           sequential_budgets=(100, 400), sequential_rows=None,  # its Figure 2
                            multitask_eval_every=None, finetune_steps=200,
                            finetune_lr=3e-5, finetune_epochs=10, finetune_eval_every=None, finetune_lrs=())
 "`get_profile('small', **SMALL_BEFORE_CURVES)`: the `small` of the reports written before the learning curves."

@@ -19,11 +19,11 @@ from .training import decode_predictions, train_multitask, train_source_prefix
 from .experiment import chance_accuracy, check_params, latest_per_seed, prepare_data, profile_key, reparam_width
 
 # %% auto #0
-__all__ = ['CURVE_METHODS', 'ADOPT_GAIN', 'RULE_PROBE', 'TRANSFER_LOSS', 'PROBE_TASKS', 'curve_profile', 'run_curves',
-           'curve_frame', 'plateaus', 'curve_budgets', 'source_tasks', 'plot_learning_curves', 'report_text',
-           'write_curves', 'direct_profile', 'reparam_probes', 'probe_text', 'reparam_decision', 'decision_text',
-           'reparam_profile', 'prefix_row_dev', 'transfer_check', 'transfer_text', 'representation_probes',
-           'probes_text']
+__all__ = ['CURVE_METHODS', 'FIGURE2_WITHIN', 'FIGURE2_RATIO', 'ADOPT_GAIN', 'RULE_PROBE', 'TRANSFER_LOSS', 'PROBE_TASKS',
+           'curve_profile', 'run_curves', 'curve_frame', 'plateaus', 'curve_budgets', 'source_tasks', 'figure2_budgets',
+           'figure2_text', 'plot_learning_curves', 'report_text', 'write_curves', 'direct_profile', 'reparam_probes',
+           'probe_text', 'reparam_decision', 'decision_text', 'reparam_profile', 'prefix_row_dev', 'transfer_check',
+           'transfer_text', 'representation_probes', 'probes_text']
 
 # %% ../nbs/12_curves.ipynb #5c2bf7df
 CURVE_METHODS = ("prefix", "multitask")
@@ -110,6 +110,35 @@ def source_tasks(plat: pd.DataFrame, chance: dict | None = None) -> pd.DataFrame
                         "multitask_plateau_step": g("multitask").plateau_step.max(), "seeds": g("prefix").seed.nunique()})
     if chance: out.insert(0, "chance", pd.Series({t: 100 * c for t, c in chance.items()}))
     return out.rename_axis("source").reset_index()
+
+# %% ../nbs/12_curves.ipynb #4e5a2cbc
+FIGURE2_WITHIN, FIGURE2_RATIO = 1.0, 5  # points below the cap's mean best dev; high : low steps per round
+
+def figure2_budgets(frame: pd.DataFrame, within: float = FIGURE2_WITHIN, ratio: int = FIGURE2_RATIO) -> dict:
+    """Figure 2's (low, high) steps per round from the prefix curves of `curve_frame` (only curves that reach the cap
+    count): the mean over curves of the best dev so far per evaluated step, its value at the cap, and the two budgets."""
+    pre = frame[frame.method == "prefix"].sort_values("step")
+    cap = int(pre.step.max()) if len(pre) else None
+    full = pre.groupby(["task", "seed"]).step.transform("max") == cap
+    pre = pre[full]
+    if pre.empty: return {"low": None, "high": None, "cap": cap, "curves": 0, "mean": pd.Series(dtype=float)}
+    mean = pre.assign(best=pre.groupby(["task", "seed"]).dev.cummax()).groupby("step").best.mean()
+    high = int(mean.index[np.argmax(mean.to_numpy() >= mean.iloc[-1] - within)])
+    steps = mean.index.to_numpy()
+    low = int(steps[np.argmin(np.abs(steps - high / ratio))])
+    return {"low": low, "high": high, "cap": cap, "curves": int(pre.groupby(["task", "seed"]).ngroups), "mean": mean}
+
+def figure2_text(b: dict, prof: Profile) -> str:
+    "The Figure 2 rule, what it gives on the recorded curves, and whether the profile's `sequential_budgets` are those."
+    if b["high"] is None: return "Figure 2's budgets: no prefix curve reaches the cap yet."
+    same = tuple(prof.sequential_budgets) == (b["low"], b["high"])
+    return (f"**Figure 2's budgets** (rule above the report in `nbs/12_curves.ipynb`: high = the first evaluated step where the "
+            f"mean best-so-far prefix dev is within {FIGURE2_WITHIN} point of its value at the cap, low = high / {FIGURE2_RATIO}, "
+            f"rounded to an evaluated step), on {b['curves']} prefix curves: low {b['low']}, high {b['high']} steps per round "
+            f"(mean best dev {b['mean'][b['low']]:.1f} and {b['mean'][b['high']]:.1f}; {b['mean'].iloc[-1]:.1f} at the cap of "
+            f"{b['cap']}). The profile's `sequential_budgets` {tuple(prof.sequential_budgets)} "
+            + ("are the rule's." if same else "are **not** the rule's on these curves: set them in `nbs/00_core.ipynb` before Figure 2 runs."))
+
 
 # %% ../nbs/12_curves.ipynb #8a58f51e
 def plot_learning_curves(frame: pd.DataFrame, path: str | Path | None = None):

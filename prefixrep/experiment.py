@@ -25,9 +25,9 @@ from .training import multitask_unit, train_multitask, train_source_prefix
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_NAMES', 'PAPER_TABLE2', 'TABLE2_FIELDS', 'project_root', 'check_params', 'example_texts',
            'shingles', 'overlap_filter', 'train_texts', 'decontaminate', 'load_run_data', 'encode_all',
-           'chance_accuracy', 'update_profile', 'prepare_raw', 'pool_targets', 'prepare_data', 'profile_key',
-           'reparam_width', 'source_prefix_encoder', 'multitask_encoder', 'latest_per_seed', 'mean_std_cells',
-           'sample_std', 'length_text', 'target_rows_text', 'budget_text', 'describe_deviations']
+           'chance_accuracy', 'update_profile', 'sequential_profile', 'prepare_raw', 'pool_targets', 'prepare_data',
+           'profile_key', 'reparam_width', 'source_prefix_encoder', 'multitask_encoder', 'latest_per_seed',
+           'mean_std_cells', 'sample_std', 'length_text', 'target_rows_text', 'budget_text', 'describe_deviations']
 
 # %% ../nbs/04a_experiment.ipynb #2ffa5984
 METHODS = ("finetune", "frozen", "multitask", "prefix")
@@ -130,6 +130,16 @@ def update_profile(prof: Profile) -> Profile:
     return replace(prof, target_train_rows=prof.target_train_rows if prof.update_train_rows is None else prof.update_train_rows,
                    eval_rows=prof.eval_rows if prof.update_eval_rows is None else prof.update_eval_rows,
                    eval_policy=policy, update_eval_policy=None)
+
+def sequential_profile(prof: Profile) -> Profile:
+    """`prof` with Figure 2's target rows: `update_profile`'s, unless `sequential_rows` (train, dev, test) caps them
+    (pool policy: every round scores many representations, so its rows may be fewer than Table 3's)."""
+    up = update_profile(prof)
+    if prof.sequential_rows is None: return up
+    if up.eval_policy != "pool":
+        raise ValueError(f"sequential_rows {prof.sequential_rows} needs the pool evaluation policy, not {up.eval_policy!r}")
+    train, dev, test = (int(n) for n in prof.sequential_rows)
+    return replace(up, target_train_rows=train, dev_rows=dev, test_rows=test, min_dev_rows=min(up.min_dev_rows, dev))
 
 def prepare_raw(prof: Profile, data_dir, target_profile: Profile | None = None) -> tuple[dict, dict, dict]:
     """Target and source examples for a run, after decontamination; plus the checks to show

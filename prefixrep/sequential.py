@@ -25,13 +25,13 @@ from .training import MLPHead, head_outputs, multitask_unit, train_multitask, tr
 from .evidence import claim_sentence, clusters, correctness, has_predictions, update_claims
 from .stats import BootResult, claims_row, normal_result, paired_bootstrap_avg, unpaired_se
 from .experiment import (METHOD_NAMES, check_params, describe_deviations, prepare_data, profile_key,
-                                  update_profile)
+                                  sequential_profile)
 
 # %% auto #0
 __all__ = ['PAPER_ORDERS', 'SEQ_METHODS', 'UNPAIRED2', 'task_orders', 'schedule', 'round_unit', 'SequentialRun', 'round_plan',
-           'run_sequential', 'figure2_frame', 'plot_figure2', 'average_standard_error', 'round_evidence', 'round_runs',
-           'paired_rounds', 'figure2_claim_rows', 'figure2_claims', 'parameter_counts', 'update_cost',
-           'per_round_table', 'figure2_report', 'write_figure2']
+           'run_sequential', 'round_prefixes', 'figure2_frame', 'plot_figure2', 'average_standard_error',
+           'round_evidence', 'round_runs', 'paired_rounds', 'figure2_claim_rows', 'figure2_claims', 'parameter_counts',
+           'update_cost', 'per_round_table', 'figure2_report', 'write_figure2']
 
 # %% ../nbs/07_sequential.ipynb #47380d5b
 PAPER_ORDERS: tuple[tuple[str, ...], ...] = (  # Huang et al. 2023, Appendix B.1, in the paper's order
@@ -162,7 +162,7 @@ def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=Non
     base = p["profile"]
     if not base.sequential_budgets or any(int(b) != b or b < 1 for b in base.sequential_budgets):
         raise ValueError(f"sequential_budgets must be positive step counts, got {base.sequential_budgets}")
-    prof = update_profile(base)
+    prof = sequential_profile(base)
     model, tok = load_backbone(prof.backbone)
     targets, sources, checks = prepare_data(base, p["data_dir"], tok, prof)
     rows = config_hash({"targets": {t: [data_hash(sp[s]) for s in ("train", "dev", "test")] for t, sp in targets.items()},
@@ -177,11 +177,25 @@ def run_sequential(seed: int = 0, profile: str | Profile = "small", data_dir=Non
     out.attrs.update(checks)
     return out
 
+# %% ../nbs/07_sequential.ipynb #b662ea1f
+def round_prefixes(seed: int = 0, profile: str | Profile = "small", data_dir=None, results_dir=None, cache_dir=None,
+                   device="auto", progress: bool = True, tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    "Every source prefix (of `tasks`; None: all) of `seed` at every Figure 2 budget, a ledger unit each: read off the curve snapshots where this machine has them."
+    p = check_params(seed, profile, data_dir, results_dir, cache_dir, None, None, device, None)
+    prof = p["profile"]
+    model, tok = load_backbone(prof.backbone)
+    _, sources, _ = prepare_data(prof, p["data_dir"], tok)  # Table 2's source rows: the prefixes' keys name them
+    enc, store = PrefixEncoder(model.to(p["device"]), prof.prefix_length), Store(p["results_dir"], p["cache_dir"])
+    return pd.DataFrame([{**train_source_prefix(enc, t, sources[t], prof, p["seed"], store, tok.pad_token_id, steps=b,
+                                                progress=progress), "task": t, "budget": b}
+                         for b in prof.sequential_budgets for t in (tasks or prof.source_tasks)])
+
+
 # %% ../nbs/07_sequential.ipynb #af2e2416
 def figure2_frame(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
     """Long frame (method, steps_per_round, order, round, added, tasks, avg_score, per-target scores, seed, profile,
     backbone) of every recorded round of `prof` (its update caps applied), all seeds; scores in %."""
-    key = profile_key(update_profile(prof), data_dir)
+    key = profile_key(sequential_profile(prof), data_dir)
     cols = ["method", "steps_per_round", "order", "round", "added", "tasks", "avg_score", "seed", "profile", "backbone", "units"]
     if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame(columns=cols)
     recs = ledger[(ledger.method == "figure2_round") & (ledger.profile_hash == key["profile_hash"])]
@@ -352,7 +366,7 @@ def update_cost(ledger: pd.DataFrame, prof: Profile, counts: dict, data_dir=None
     parameters, steps, and mean wall time (s) of the ledger's training units; plus the target re-fit time."""
     base = dict(backbone=prof.backbone, max_length=prof.max_length, train_rows=prof.source_train_rows,
                 split_seed=prof.split_seed)
-    rounds = ledger[_match(ledger, method="figure2_round", profile_hash=profile_key(update_profile(prof), data_dir)["profile_hash"])] \
+    rounds = ledger[_match(ledger, method="figure2_round", profile_hash=profile_key(sequential_profile(prof), data_dir)["profile_hash"])] \
         if not ledger.empty else ledger
     refit = float(rounds.score_seconds.mean()) if len(rounds) and "score_seconds" in rounds else np.nan
     rows = []
@@ -391,7 +405,7 @@ def figure2_report(frame: pd.DataFrame, cost: pd.DataFrame, prof: Profile, data_
     seeds = sorted(int(s) for s in frame.seed.unique()) if len(frame) else []
     orders = task_orders(prof.source_tasks, prof.sequential_orders)
     dropped = [t for t in PAPER_ORDERS[0] if t not in prof.source_tasks]
-    upd = update_profile(prof)
+    upd = sequential_profile(prof)
     devs = [d for d in describe_deviations(upd, data_dir) if not d.startswith("Budgets:")]
     devs += [f"Orders: {len(orders)} of Appendix B.1's 8 (indices {list(prof.sequential_orders)}, 0-based), restricted to "
              f"the {len(prof.source_tasks)} sources of the profile — {', '.join(dropped) or 'no task'} dropped from every "

@@ -66,3 +66,21 @@ def test_papermill_smoke_writes_figure2_into_a_temp_dir(tmp_path, data_dir):
     # (results/ may change under a background run of the project; none of its records may come from this smoke run)
     tiny = [p for p in (ROOT / "results" / "ledger").glob("*.json") if json.loads(p.read_text()).get("backbone") == "tiny-bert"]
     assert not tiny, "CI must not write to results/"
+
+
+def test_round_prefixes_are_read_off_the_curve_run(tmp_path, data_dir):
+    """Figure 2's prefix rounds at a budget the curve run passed are read off its snapshots and recorded in the
+    ledger (so a later machine finds them); the budget equal to the curve run is that unit itself."""
+    from prefixrep.core import Store
+    from prefixrep.experiment import prepare_data, source_prefix_encoder
+    from prefixrep.prefix import load_backbone
+    from prefixrep.sequential import round_prefixes
+    prof = get_profile("smoke", prefix_steps=4, prefix_eval_every=2, sequential_budgets=(2, 4))
+    model, tok = load_backbone(prof.backbone)
+    _, sources, _ = prepare_data(prof, data_dir, tok)
+    kw = dict(results_dir=tmp_path / "results", cache_dir=tmp_path / "cache")
+    source_prefix_encoder(model, prof, sources, 0, Store(kw["results_dir"], kw["cache_dir"]), tok.pad_token_id, "cpu", False)
+    r = round_prefixes(0, prof, data_dir, device="cpu", progress=False, **kw)
+    assert sorted(zip(r.budget, r.task)) == sorted((b, t) for b in (2, 4) for t in prof.source_tasks)
+    assert r[r.budget == 2].snapshot_of.notna().all() and r[r.budget == 4].get("snapshot_of", pd.Series(dtype=object)).isna().all()
+    assert (r[r.budget == 2].steps == 2).all() and len(set(r.config_hash)) == len(r)
