@@ -143,7 +143,7 @@ PROFILES: dict[str, Profile] = {
         finetune_epochs=6, finetune_eval_every=63, finetune_lrs=(1e-5, 3e-5, 1e-4),  # dev every epoch (1,000 rows / 16)
         sequential_orders=(0, 1, 2),  # Table 3 scores on Table 2's target rows; Figure 2 on fewer (sequential_rows)
         sequential_budgets=(500, 2250),  # the Figure 2 rule on the prefix curves (nbs/12 `figure2_budgets`): low, high
-        sequential_rows=(400, 300, 1000),  # Figure 2's train, dev, test rows per target (pool): 52 rounds a seed
+        sequential_rows=(400, 300, 1000),  # Figure 2's train, dev, test rows per target (pool): 53 round units a seed
         curve_prefix_steps=4000, curve_multitask_steps=8000, curve_eval_every=250,  # learning-curve caps (nbs/12)
         notes="MiniLM-L6 on the offline mirror, subsampled; ReCoRD is absent; Yelp-2 is stood in by Amazon reviews"),
     "paper": Profile(

@@ -221,14 +221,16 @@ def make_splits(task: Task, raw: dict, source: DataSource, split_seed: int = 0) 
 
 def cap_rows(examples: list, cap: int | None, seed: int = 0, grouped: bool = False) -> list:
     """A fixed random subset of at most `cap` examples (order kept); None = all. `grouped`: whole groups (`e.group`),
-    taken in a random order while they fit, so no group is split between the subset and the rest."""
+    taken in a random order while they fit, so no group is split between the subset and the rest (where no group fits,
+    the first group alone: a subset is never empty)."""
     if cap is None or len(examples) <= cap: return examples
     if not grouped:
         idx = np.sort(np.random.default_rng(seed).choice(len(examples), cap, replace=False))
         return [examples[i] for i in idx]
-    keep, n = set(), 0
-    for unit in _group_units(examples, seed):
+    keep, n, units = set(), 0, _group_units(examples, seed)
+    for unit in units:
         if n + len(unit) <= cap: keep.update(unit); n += len(unit)
+    if not keep: keep.update(units[0])
     return [e for i, e in enumerate(examples) if i in keep]
 
 def _group_units(examples: Sequence[Example], seed: int) -> list[list[int]]:

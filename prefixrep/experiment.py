@@ -159,16 +159,21 @@ def prepare_raw(prof: Profile, data_dir, target_profile: Profile | None = None) 
 
 def pool_targets(prof: Profile, tp: Profile, data_dir, sources: dict) -> tuple[dict, pd.DataFrame]:
     """Target splits under the pool policy (nbs/01_data.ipynb): `prof`'s train budget fixes what is evaluation data;
-    `tp` (Table 3 / Figure 2's profile) trains on a subset of that budget and is scored on the same dev/test rows.
-    The overlap filter runs while the dev/test rows are drawn, so they reach their sizes. Returns the splits and the
-    filter's counts per target (rows of the pool examined and dropped)."""
+    `tp` (Table 3 / Figure 2's profile) trains on a subset of that budget and is scored on the same dev/test rows, or
+    on a fixed subset of them where its `dev_rows` / `test_rows` differ from `prof`'s (Figure 2's `sequential_rows`;
+    whole passages kept together). The overlap filter runs while the dev/test rows are drawn, so they reach their sizes.
+    Returns the splits and the filter's counts per target (rows of the pool examined and dropped)."""
     keep, out, rows = overlap_filter(sources), {}, []
     for t in prof.target_tasks:
         p = load_pool(t, data_dir, prof.split_seed, prof.target_train_rows)
         own = train_texts(p["train"])
         ev, info = cut_eval(p["pool"], prof.dev_rows, prof.test_rows, prof.min_dev_rows, prof.split_seed,
                             keep=lambda e: keep(e, own))
-        train = cap_rows(p["train"], tp.target_train_rows, prof.split_seed, grouped=get_task(t).group_field is not None)
+        grouped = get_task(t).group_field is not None
+        train = cap_rows(p["train"], tp.target_train_rows, prof.split_seed, grouped=grouped)
+        for s in ("dev", "test"):
+            cap = getattr(tp, f"{s}_rows")
+            if cap != getattr(prof, f"{s}_rows"): ev[s] = cap_rows(ev[s], cap, prof.split_seed, grouped=grouped)
         out[t] = {"train": train, **ev}
         rows.append(dict(task=t, split="dev+test", before=info["examined"], dropped=info["dropped"]))
     return out, pd.DataFrame(rows)

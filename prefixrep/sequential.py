@@ -74,7 +74,7 @@ def round_unit(method: str, tasks: Sequence[str], steps: int, seed: int, key: di
 
 @dataclass
 class SequentialRun:
-    "Everything one seed of Figure 2 needs: the profile (with update caps), data, the frozen encoder and the store."
+    "Everything one seed of Figure 2 needs: the profile (with Figure 2's rows: `sequential_profile`), data, the frozen encoder and the store."
     prof: Profile
     seed: int
     store: Store
@@ -194,7 +194,7 @@ def round_prefixes(seed: int = 0, profile: str | Profile = "small", data_dir=Non
 # %% ../nbs/07_sequential.ipynb #af2e2416
 def figure2_frame(ledger: pd.DataFrame, prof: Profile, data_dir=None) -> pd.DataFrame:
     """Long frame (method, steps_per_round, order, round, added, tasks, avg_score, per-target scores, seed, profile,
-    backbone) of every recorded round of `prof` (its update caps applied), all seeds; scores in %."""
+    backbone) of every recorded round of `prof` (on Figure 2's rows: `sequential_profile`), all seeds; scores in %."""
     key = profile_key(sequential_profile(prof), data_dir)
     cols = ["method", "steps_per_round", "order", "round", "added", "tasks", "avg_score", "seed", "profile", "backbone", "units"]
     if ledger.empty or "profile_hash" not in ledger: return pd.DataFrame(columns=cols)
@@ -361,9 +361,17 @@ def parameter_counts(encoder: PrefixEncoder, prof: Profile) -> dict:
             "source_head": int(np.mean(heads)), "encoder": sum(p.numel() for p in encoder.model.parameters()),
             "all_heads": int(sum(heads))}
 
+def _training_seconds(units: pd.DataFrame) -> float:
+    """Mean training time of `units`: `train_seconds` where recorded — the whole run's, also for a unit that continued
+    a shorter one (`extend_from`) or was read off a longer one's snapshot (its share) — else the unit's wall time."""
+    if not len(units): return np.nan
+    t = units.train_seconds if "train_seconds" in units else pd.Series(np.nan, index=units.index)
+    return float(t.fillna(units.seconds).mean())
+
 def update_cost(ledger: pd.DataFrame, prof: Profile, counts: dict, data_dir=None) -> pd.DataFrame:
     """Measured cost of adding, removing and updating one source task, per method and steps per update: trained
-    parameters, steps, and mean wall time (s) of the ledger's training units; plus the target re-fit time."""
+    parameters, steps, and mean training time (s) of the ledger's training units (`_training_seconds`); plus the
+    target re-fit time."""
     base = dict(backbone=prof.backbone, max_length=prof.max_length, train_rows=prof.source_train_rows,
                 split_seed=prof.split_seed)
     rounds = ledger[_match(ledger, method="figure2_round", profile_hash=profile_key(sequential_profile(prof), data_dir)["profile_hash"])] \
@@ -376,8 +384,7 @@ def update_cost(ledger: pd.DataFrame, prof: Profile, counts: dict, data_dir=None
             if not ledger.empty else ledger
         mt = ledger[_match(ledger, method="multitask_model", steps=b, lr=prof.multitask_lr, batch=prof.multitask_batch,
                            **base)] if not ledger.empty else ledger
-        t_pre = float(pre.seconds.mean()) if len(pre) else np.nan
-        t_mt = float(mt.seconds.mean()) if len(mt) else np.nan
+        t_pre, t_mt = _training_seconds(pre), _training_seconds(mt)
         prefix_params, mt_params = counts["prefix"] + counts["source_head"], counts["encoder"] + counts["all_heads"]
         for op, params, kept, steps, sec, n in (
                 ("add", prefix_params, counts["prefix"], b, t_pre, len(pre)),
@@ -426,8 +433,8 @@ def figure2_report(frame: pd.DataFrame, cost: pd.DataFrame, prof: Profile, data_
             [f"- {c}" for c in figure2_claims(frame, n_test, ev, results_dir)] + \
             ["", "**Average target accuracy per round** (mean over orders and seeds; round 0 = the frozen encoder)", "",
              per_round_table(frame).to_markdown() if len(frame) else "(no rounds recorded)", "",
-             "**Measured update cost** (one source task; wall time = mean of the ledger's training units on this "
-             "machine; `kept_params` = what the representation keeps after training, the source heads being discarded)",
+             "**Measured update cost** (one source task; training time = mean of the ledger's training units' `train_seconds`, "
+             "all steps of each, on the machines that ran them; `kept_params` = what the representation keeps after training, the source heads being discarded)",
              "", show.to_markdown(index=False), "",
              f"One prefix is {counts['prefix']:,} parameters against {counts['encoder']:,} in the encoder "
              f"({counts['prefix'] / counts['encoder']:.3%}); for RoBERTa-large (24 layers, 16 heads × 64, length 5) it "

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 import os
@@ -336,7 +337,10 @@ def stacked_predictions(base: TargetHead, params: dict, stack: FeatureStack, tas
     the CPU (bounded memory), for each head on a GPU (fewer, larger launches). Scores come back to the CPU once a batch."""
     K, fwd = len(stack.feats), _stacked_forward(base, train=False)
     pred = [[0] * len(stack) for _ in range(K)]
-    rows = max(1, batch_size // K) if stack.device.type == "cpu" else batch_size
+    if stack.device.type == "cpu": rows = max(1, batch_size // K)
+    else:  # up to `batch_size` rows a head, within `STEP_BYTES_GPU` of fp32 token states for all heads
+        per_row = K * int(stack.ref.n_views.max()) * int(stack.ref.lengths.max()) * stack.ref.tokens.shape[1] * 4
+        rows = max(1, min(batch_size, STEP_BYTES_GPU // max(per_row, 1)))
     for idx in bucket_batches(stack.ref.lengths[stack.ref.first_view[:-1]].tolist(), rows):
         states, mask, nv, shapes = stack.batch([idx] * K)
         out = fwd(params, states, mask).cpu()
@@ -357,6 +361,11 @@ def stacked_loss(out: torch.Tensor, labels: torch.Tensor, shapes: Sequence[tuple
     w = ((torch.arange(V) < n[:, None]) / n[:, None]).to(out.device)                 # 1 / V_k on head k's rows, else 0
     ce = F.cross_entropy(out.flatten(0, 1), F.pad(labels, (0, V - labels.shape[1])).flatten(), reduction="none")
     return (ce.view(K, V) * w).sum()
+
+@functools.lru_cache(maxsize=1)
+def _draw_pool() -> ThreadPoolExecutor:
+    "One thread pool for the GPU path's dropout draws, shared by every batched run (its threads wait between runs)."
+    return ThreadPoolExecutor(os.cpu_count() or 1)
 
 def fit_target_heads(feats: Sequence[dict[str, Features]], task: str | Task, profile: Profile, seeds: Sequence[int],
                      progress: bool = False, budget: int = FEATURE_BUDGET,
@@ -380,7 +389,7 @@ def fit_target_heads(feats: Sequence[dict[str, Features]], task: str | Task, pro
     lengths, fwd = tr.ref.lengths[tr.ref.first_view[:-1]].tolist(), _stacked_forward(base, train=True)
     best, gpu = [(-1.0, -1, None)] * len(feats), torch.device(device).type != "cpu"
     # on a GPU the host draws every head's dropout masks: in threads, into pinned memory, copied while the GPU works
-    pool = ThreadPoolExecutor(min(len(feats), os.cpu_count() or 1)) if gpu else None
+    pool = _draw_pool() if gpu else None
     for epoch in tqdm(range(profile.head_epochs), desc=f"{len(feats)} target heads {t.name}", disable=not progress, mininterval=5):
         batches = [bucket_batches(lengths, profile.head_batch, shuffle=True, generator=g) for g in orders]
         for step in range(len(batches[0])):
@@ -394,7 +403,6 @@ def fit_target_heads(feats: Sequence[dict[str, Features]], task: str | Task, pro
         for k, pred in enumerate(stacked_predictions(base, params, dev, t)):
             acc = n_right(pred, dev.ref, range(len(dev))) / max(len(dev), 1)
             if acc > best[k][0]: best[k] = (acc, epoch, {n: p[k].detach().clone() for n, p in params.items()})
-    if pool is not None: pool.shutdown()
     return base, {n: torch.stack([b[2][n] for b in best]) for n in params}, [b[:2] for b in best]
 
 STEP_BYTES = 32 << 20  # fp32 token states one batched training step may hold (K heads x batch x views x length x H)

@@ -84,3 +84,16 @@ def test_round_prefixes_are_read_off_the_curve_run(tmp_path, data_dir):
     assert sorted(zip(r.budget, r.task)) == sorted((b, t) for b in (2, 4) for t in prof.source_tasks)
     assert r[r.budget == 2].snapshot_of.notna().all() and r[r.budget == 4].get("snapshot_of", pd.Series(dtype=object)).isna().all()
     assert (r[r.budget == 2].steps == 2).all() and len(set(r.config_hash)) == len(r)
+
+
+def test_sequential_rows_cap_figure2s_rows_to_a_subset_of_table3s(data_dir):
+    "Figure 2's `sequential_rows` cut train, dev and test to fixed subsets of Table 3's rows (passages kept whole, never empty)."
+    from prefixrep.experiment import prepare_raw, sequential_profile, update_profile
+    p = get_profile("smoke", sequential_rows=(8, 10, 12))
+    t3, f2 = (prepare_raw(p, data_dir, tp)[0] for tp in (update_profile(p), sequential_profile(p)))
+    assert (len(f2["rte"]["train"]), len(f2["rte"]["dev"]), len(f2["rte"]["test"])) == (8, 10, 12)
+    assert len(t3["rte"]["dev"]) == 16 and len(t3["rte"]["test"]) == 24
+    for t in t3:
+        for s in ("dev", "test"):
+            assert f2[t][s] and {e.rid for e in f2[t][s]} <= {e.rid for e in t3[t][s]}
+    assert prepare_raw(p, data_dir, update_profile(get_profile("smoke")))[0]["rte"]["test"] == t3["rte"]["test"]
